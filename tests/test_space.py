@@ -1,0 +1,84 @@
+"""Space files load without Ray, sample valid configs, and fail with one line on bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpo.config import check_config
+from hpo.space import SpaceError, load_space, random_configs
+
+ROOT = Path(__file__).parents[1]
+SPACE_FILES = sorted((ROOT / "spaces").glob("*.py")) + [ROOT / "tests/spaces/tiny.py"]
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.name)
+def test_every_space_file_loads_and_samples_valid_configs(path):
+    space = load_space(path)
+    for config in random_configs(space, 25, seed=1):
+        check_config(config)
+        # the budget of the space bounds every trial
+        assert config["epochs"] <= space.max_epochs
+        # per-stage keys exist exactly for the stages the config has
+        assert all(f"convs_{s}" in config for s in range(1, config["stages"] + 1))
+        assert f"convs_{config['stages'] + 1}" not in config
+    for name in space.starting_points:
+        check_config(space.point(name))
+
+
+def test_conditional_dimensions_exist_only_where_they_apply():
+    space = load_space(ROOT / "spaces/cifar10.py")
+    configs = random_configs(space, 60, seed=2)
+    for c in configs:
+        assert ("momentum" in c) == (c["optimizer"] in ("sgd", "rmsprop"))
+        assert ("nesterov" in c) == (c["optimizer"] == "sgd")
+        assert all(f"dense_{i}" in c for i in range(1, c["dense_layers"] + 1))
+    assert {c["optimizer"] for c in configs} > {"sgd", "adam"}
+
+
+def test_loading_a_space_does_not_import_ray():
+    code = ("import sys; from hpo.space import load_space; "
+            f"load_space({str(ROOT / 'spaces/cifar10.py')!r}); "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_starting_points_are_named_complete_configs():
+    space = load_space(ROOT / "spaces/cifar10.py")
+    assert {"basenet", "report000-final", "report002-best"} <= set(space.starting_points)
+    point = space.point("report002-best")
+    assert point["point"] == "report002-best" and point["epochs"] == space.max_epochs
+    assert point["optimizer"] == "adam" and point["width_4"] == 512
+
+
+GOOD = """
+from hpo.space import choice, uniform
+metric, mode = "val_acc", "max"
+trials = 2
+max_epochs = 2
+dimensions = {"lr": choice([0.1]), "dropout_1": uniform(0.0, 0.5)}
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD.replace("uniform(0.0, 0.5)", "uniform(0.0, 1.5)"), "dropout_1 must be in [0.0, 0.6]"),
+    (GOOD.replace("choice([0.1])", "choice([-0.1])"), "lr must be in (0.0, 10.0]"),
+    (GOOD + 'dimensions["optimizer"] = "adamz"\n', "optimizer must be one of"),
+    (GOOD.replace("trials = 2", ""), "missing required name(s): trials"),
+    (GOOD + "1 / 0\n", "could not import: ZeroDivisionError"),
+    (GOOD + 'dimensions["lrr"] = 0.1\n', "unknown config key 'lrr'"),
+    (GOOD + 'starting_points = {"x": {"lr": -1}}\n', "starting point 'x': lr must be"),
+])
+def test_bad_space_file_is_one_line_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_space_file(tmp_path):
+    with pytest.raises(SpaceError, match="no such space file"):
+        load_space(tmp_path / "nope.py")
