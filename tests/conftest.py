@@ -1,0 +1,124 @@
+"""Shared fixtures and writers of small, learnable synthetic datasets.
+
+Tests import the writers directly: `from conftest import write_parquet_dataset`.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+IMG_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def class_names(num_classes: int) -> list[str]:
+    return [f"class{k}" for k in range(num_classes)]
+
+
+def make_images(n: int, *, size: int | tuple[int, int] = 32, channels: int = 3,
+                num_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n learnable images, uint8 [n, H, W, C], and balanced int64 labels.
+
+    Every class has its own mean colour (brightness when grayscale) and a stripe pattern of
+    its own orientation and frequency; Gaussian noise on top keeps the task from being
+    trivial. A small CNN gets well above chance within an epoch or two.
+    `size` is an int (square) or (width, height).
+    """
+    w, h = (size, size) if isinstance(size, int) else size
+    style = np.random.default_rng(1234)  # class styles do not depend on `seed`
+    colours = style.uniform(50, 205, size=(num_classes, channels))
+    angles = np.arange(num_classes) * np.pi / num_classes
+    freqs = 2 * np.pi * style.uniform(2, 5, size=num_classes) / max(w, h)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.empty((n, h, w, channels), np.uint8)
+    for i, k in enumerate(labels):
+        phase = rng.uniform(0, 2 * np.pi)
+        stripes = 45 * np.sin(freqs[k] * (xx * np.cos(angles[k]) + yy * np.sin(angles[k]))
+                              + phase)
+        img = colours[k] + stripes[..., None] + rng.normal(0, 25, size=(h, w, channels))
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out, labels
+
+
+def encode(img: np.ndarray, fmt: str = "PNG") -> bytes:
+    """One HWC uint8 image as PNG/JPEG/... bytes (grayscale when C == 1)."""
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_parquet_split(file: Path, images: np.ndarray, labels: np.ndarray, *,
+                        classes: list[str] | None, split: str = "train", fmt: str = "PNG",
+                        metadata: dict[str, str] | None = None) -> Path:
+    """One Parquet file in the Hugging Face layout: img struct<bytes, path>, label int64."""
+    ext = fmt.lower()
+    rows = [{"bytes": encode(im, fmt), "path": f"{split}/{y}/{i:05d}.{ext}"}
+            for i, (im, y) in enumerate(zip(images, labels))]
+    table = pa.table({"img": pa.array(rows, type=IMG_TYPE),
+                      "label": pa.array(labels, type=pa.int64())})
+    meta = dict(metadata or {})
+    if classes is not None:
+        meta["classes"] = ",".join(classes)
+    table = table.replace_schema_metadata(meta or None)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, file)
+    return file
+
+
+def write_parquet_dataset(root: Path, *, n_train: int = 600, n_test: int = 200, size: int = 32,
+                          channels: int = 3, num_classes: int = 10, seed: int = 0,
+                          fmt: str = "PNG") -> Path:
+    """Write root/train.parquet and root/test.parquet (HF layout, `classes` metadata)."""
+    root = Path(root)
+    names = class_names(num_classes)
+    x, y = make_images(n_train + n_test, size=size, channels=channels,
+                       num_classes=num_classes, seed=seed)
+    write_parquet_split(root / "train.parquet", x[:n_train], y[:n_train], classes=names,
+                        fmt=fmt)
+    if n_test:
+        write_parquet_split(root / "test.parquet", x[n_train:], y[n_train:], classes=names,
+                            split="test", fmt=fmt)
+    return root
+
+
+def write_image_folder(root: Path, *, n_per_class: int, size: int | tuple[int, int] = 32,
+                       channels: int = 3, num_classes: int = 3, with_test: bool = True,
+                       seed: int = 0) -> Path:
+    """Write root/train/<class>/*.png (and root/test/<class>/*.png when with_test)."""
+    root = Path(root)
+    names = class_names(num_classes)
+    for s, split in enumerate(["train", "test"] if with_test else ["train"]):
+        x, y = make_images(n_per_class * num_classes, size=size, channels=channels,
+                           num_classes=num_classes, seed=seed + s)
+        for i, (im, k) in enumerate(zip(x, y)):
+            d = root / split / names[k]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{i:05d}.png").write_bytes(encode(im))
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hpo_cache_env(tmp_path_factory):
+    """Point HPO_CACHE at a temporary folder so no test writes into the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HPO_CACHE", str(tmp_path_factory.mktemp("hpo_cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_parquet(tmp_path_factory) -> Path:
+    """A 10-class, 32x32 RGB Parquet dataset: 600 train and 200 test images (read-only)."""
+    return write_parquet_dataset(tmp_path_factory.mktemp("tiny_parquet"))
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    """An empty dataset cache folder for one test."""
+    return tmp_path / "cache"
