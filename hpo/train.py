@@ -1,0 +1,225 @@
+"""One trial: train the CNN a config describes on data already decoded, report every epoch.
+
+No Ray here. The search driver passes `report` (tune.report behind a thin adapter); tests pass
+a list's append. Data lives on the trial's device as uint8 and is augmented there, per sample,
+a batch at a time: no DataLoader, no host work per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.augment import augment
+from hpo.data import Dataset
+from hpo.model import Infeasible, build_model, count_parameters
+
+Report = Callable[..., None]  # report(metrics: dict, model: nn.Module | None = None)
+
+EVAL_BATCH = 2048  # large: evaluation has no backward pass to hold memory for
+
+
+@dataclass
+class DeviceData:
+    """The training and validation splits as tensors on one device, plus input statistics."""
+
+    x_train: torch.Tensor  # uint8 [N, C, H, W]
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    mean: torch.Tensor  # [1, C, 1, 1], in [0, 1] units
+    std: torch.Tensor
+    num_classes: int
+
+
+# A reused worker process keeps the last dataset on its device, so consecutive trials of one
+# study copy it from the host once. One entry only: a long-lived worker must not pile up copies.
+_device_cache: dict[tuple[str, str], DeviceData] = {}
+
+
+def to_device(data: Dataset, device: torch.device) -> DeviceData:
+    """`data`'s train and val splits on `device` (cached per process by fingerprint)."""
+    key = (data.fingerprint, str(device))
+    if key not in _device_cache:
+        _device_cache.clear()
+
+        def put(a):
+            return torch.as_tensor(a.copy() if not a.flags.writeable else a).to(device)
+
+        x_train = put(data.x_train)
+        # statistics in float64 over the training split only: validation must stay unseen
+        flat = x_train.transpose(0, 1).reshape(x_train.shape[1], -1).double() / 255
+        _device_cache[key] = DeviceData(
+            x_train=x_train,
+            y_train=put(data.y_train).long(),
+            x_val=put(data.x_val),
+            y_val=put(data.y_val).long(),
+            mean=flat.mean(1).float().view(1, -1, 1, 1),
+            std=flat.std(1).clamp_min(1e-3).float().view(1, -1, 1, 1),
+            num_classes=data.num_classes,
+        )
+    return _device_cache[key]
+
+
+def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer a config names, with its learning rate and weight decay."""
+    name, lr, wd = config["optimizer"], config["lr"], config["weight_decay"]
+    params = model.parameters()
+    if name == "sgd":
+        momentum = config["momentum"]
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
+                               nesterov=config["nesterov"] and momentum > 0)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=config["momentum"], weight_decay=wd)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+           "adadelta": torch.optim.Adadelta, "adamax": torch.optim.Adamax}[name]
+    return cls(params, lr=lr, weight_decay=wd)
+
+
+def lr_factor(config: Mapping[str, Any], step: int, steps_per_epoch: int) -> float:
+    """Multiplier on the base learning rate at optimisation step `step` (0-based)."""
+    total = config["epochs"] * steps_per_epoch
+    warmup = config["warmup_epochs"] * steps_per_epoch
+    # 1) linear warmup from ~0, whatever the schedule after it
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1.0, total - warmup)  # progress after warmup, 0 -> 1
+    schedule = config["schedule"]
+    # 2) the schedule's shape; plateau's decays are applied per epoch by the caller
+    if schedule == "step":
+        return config["step_gamma"] ** (step // (config["step_every"] * steps_per_epoch))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        # up from 0.1x over the first quarter, then linearly down to 0
+        return 0.1 + 0.9 * t / 0.25 if t < 0.25 else max(0.0, (1 - t) / 0.75)
+    return 1.0
+
+
+def preprocess(x: torch.Tensor, dev: DeviceData, config: Mapping[str, Any], dtype: torch.dtype,
+               generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
+    """uint8 images -> augmented (when `train`), normalised float batch in `dtype`."""
+    x = x.to(dtype) / 255
+    if train:
+        x = augment(x, config, generator)
+    if config["normalize"]:
+        x = (x - dev.mean.to(dtype)) / dev.std.to(dtype)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: DeviceData,
+             config: Mapping[str, Any]) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on uint8 images `x` with labels `y`."""
+    model.eval()
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    cuda = x.is_cuda
+    for i in range(0, len(x), EVAL_BATCH):
+        xb = preprocess(x[i : i + EVAL_BATCH], dev, config, torch.float32)
+        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+            out = model(xb).float()
+        yb = y[i : i + EVAL_BATCH]
+        loss += F.cross_entropy(out, yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    n = max(1, len(x))
+    return loss.item() / n, correct.item() / n
+
+
+def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
+              device: str | torch.device | None = None) -> dict[str, Any]:
+    """Train the model `config` describes for config["epochs"] epochs on `data`.
+
+    Calls report(metrics, model) once per epoch with `epoch`, `epochs`, `val_acc`, `val_loss`,
+    `train_loss`, `img_per_s`, `params` and `status` ("running", or "completed" at the last
+    epoch). A config that cannot be built for the input is reported once with status
+    "infeasible"; a non-finite training loss ends the trial as "diverged"; running out of
+    device memory as "oom". None of these raise. Returns the last metrics reported.
+    The test split is never read.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    torch.manual_seed(config["seed"])
+    generator = torch.Generator(device=device).manual_seed(config["seed"])
+    base = {"epoch": 0, "epochs": config["epochs"], "val_acc": 0.0, "val_loss": math.inf,
+            "train_loss": math.nan, "img_per_s": 0.0, "params": 0}
+
+    def stop(status: str, reason: str, **metrics) -> dict[str, Any]:
+        final = {**base, **metrics, "status": status, "reason": reason}
+        report(final)
+        return final
+
+    try:
+        model = build_model(config, tuple(data.image_shape), data.num_classes)
+    except Infeasible as exc:
+        return stop("infeasible", str(exc))
+    base["params"] = count_parameters(model)
+    try:
+        return _train(config, data, report, model, device, cuda, generator, base, stop)
+    except torch.OutOfMemoryError as exc:
+        return stop("oom", str(exc).splitlines()[0])
+
+
+def _train(config, data, report, model, device, cuda, generator, base, stop) -> dict[str, Any]:
+    dev = to_device(data, device)
+    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    dtype = torch.float32
+    optimizer = make_optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    n = len(dev.x_train)
+    batch = min(config["batch_size"], n)
+    steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm needs > 1 sample
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    plateau_scale, plateau_best, plateau_wait = 1.0, math.inf, 0
+    step, metrics = 0, base
+    for epoch in range(1, config["epochs"] + 1):
+        model.train()
+        if cuda:
+            torch.cuda.synchronize()
+        t_start, t0 = time.time(), time.perf_counter()
+        total = torch.zeros((), device=device)
+        perm = torch.randperm(n, device=device, generator=generator)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch : (i + 1) * batch]
+            xb = preprocess(dev.x_train[idx], dev, config, dtype, generator, train=True)
+            factor = lr_factor(config, step, steps_per_epoch) * plateau_scale
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * factor
+            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                loss = criterion(model(xb), dev.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # accumulate on the device: a .item() per step would sync the GPU every batch
+            total += loss.detach().float()
+            step += 1
+        train_loss = total.item() / steps_per_epoch
+        seconds = time.perf_counter() - t0  # .item() above synchronised the device
+        if not math.isfinite(train_loss):
+            return stop("diverged", f"training loss became {train_loss} in epoch {epoch}",
+                        epoch=epoch, train_loss=train_loss)
+        val_loss, val_acc = evaluate(model, dev.x_val, dev.y_val, dev, config)
+        if config["schedule"] == "plateau":
+            # ReduceLROnPlateau on validation loss, counted in epochs
+            if val_loss < plateau_best - 1e-4:
+                plateau_best, plateau_wait = val_loss, 0
+            else:
+                plateau_wait += 1
+                if plateau_wait > config["plateau_patience"]:
+                    plateau_scale *= config["plateau_factor"]
+                    plateau_wait = 0
+        status = "completed" if epoch == config["epochs"] else "running"
+        metrics = {**base, "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
+                   "train_loss": train_loss, "img_per_s": steps_per_epoch * batch / seconds,
+                   "train_seconds": seconds, "t_start": t_start, "t_end": time.time(),
+                   "status": status}
+        report(metrics, model)
+    return metrics
