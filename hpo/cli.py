@@ -1,0 +1,179 @@
+"""`hpo`: thin commands over the package's functions. Each prints with rich and exits 2 with
+one line on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hpo.space import SpaceError, load_space
+
+# piped output is not cropped to 80 columns: the table goes to a file or another program whole
+console = Console(width=None if sys.stdout.isatty() else 240)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # one line, not argparse's usage block: the user sees what is wrong at once
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def cmd_search(args) -> int:
+    """Search a space file; results go to results/<study>/."""
+    from hpo.search import SearchOptions, StudyError, run_search
+
+    options = SearchOptions(
+        data=args.data, trials=args.trials, max_epochs=args.max_epochs, name=args.name,
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        fraction=args.fraction, address=args.address, num_cpus=args.num_cpus,
+        concurrency=args.concurrency, seed=args.seed, results=Path(args.results))
+    try:
+        study = run_search(load_space(args.space), options)
+    except (SpaceError, StudyError) as exc:
+        return _fail(exc)
+    console.print(f"next: hpo leaderboard {study}   ·   hpo export {study} --rank 1 -o best.json")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    """Print the top rows of a study's leaderboard."""
+    from hpo.leaderboard import read_leaderboard
+
+    board = read_leaderboard(args.study).head(args.top)
+    fixed = ["rank", "trial_id", "point", "status", board.columns[4], "best_epoch",
+             "epochs_trained", "params", "wall_s"]
+    first_hp = list(board.columns).index("node") + 1
+    # show the hyperparameters that differ between the rows shown, not the 50 constant ones
+    varying = [c for c in board.columns[first_hp:] if board[c].nunique(dropna=False) > 1]
+    columns = fixed + (varying if args.all else varying[: args.columns])
+    table = Table(title=str(args.study), header_style="bold")
+    for c in columns:
+        table.add_column(c, justify="right" if board[c].dtype.kind in "if" else "left",
+                         min_width=min(len(c), 10))
+    for _, row in board[columns].iterrows():
+        table.add_row(*("" if _missing(v) else _fmt(v) for v in row))
+    console.print(table)
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write the complete config of the trial at --rank, which `hpo train` and run_trial take."""
+    from hpo.leaderboard import config_at_rank, write_json
+
+    config = config_at_rank(args.study, args.rank)
+    if args.output == "-":
+        print(json.dumps(config, indent=2))
+    else:
+        write_json(Path(args.output), config)
+        console.print(f"rank {args.rank} config → {args.output}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    """Print a space file's dimensions and its starting points with their sizes."""
+    from hpo.config import complete
+    from hpo.model import Infeasible, build_model, count_parameters
+
+    space = load_space(args.space)
+    table = Table(title=f"{space.path}: {space.trials} trials · {space.max_epochs} max epochs · "
+                  f"ASHA grace {space.grace_period}, η {space.reduction_factor:g} · "
+                  f"{space.mode} {space.metric}", header_style="bold")
+    for c in ("dimension", "values", "conditional"):
+        table.add_column(c)
+    for name, dim in space.dimensions.items():
+        if hasattr(dim, "describe"):
+            table.add_row(name, dim.describe(), "yes" if dim.when else "")
+        else:
+            table.add_row(name, f"= {dim!r}", "")
+    console.print(table)
+    shape = (space.channels or 3, space.image_size or 32, space.image_size or 32)
+    points = Table(title=f"starting points (input {shape[0]}×{shape[1]}×{shape[2]}, "
+                   f"{args.classes} classes)", header_style="bold")
+    points.add_column("name")
+    points.add_column("trainable parameters", justify="right")
+    for name in space.starting_points:
+        try:
+            n = f"{count_parameters(build_model(complete(space.point(name)), shape, args.classes)):,}"
+        except Infeasible as exc:
+            n = f"infeasible: {exc}"
+        points.add_row(name, n)
+    console.print(points)
+    return 0
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1 else f"{v:,.1f}"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"hpo: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpo", description="Hyperparameter search for image-classification "
+                     "CNNs: Optuna TPE + ASHA on Ray Tune.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("search", help=cmd_search.__doc__, description=cmd_search.__doc__)
+    p.add_argument("space", help="a space file, e.g. spaces/cifar10.py")
+    p.add_argument("--data", help="dataset: a Parquet folder (Hugging Face layout), a torchvision "
+                   "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders")
+    p.add_argument("--trials", type=int, help="trials to run (overrides the space file)")
+    p.add_argument("--max-epochs", type=int, help="epochs of a full trial; ASHA's max_t")
+    p.add_argument("--name", help="study name (default: <space>-<UTC time>)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (default 0.25)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="train on this fixed-seed fraction of the training set, for quick runs")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: local Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs the local Ray may use (default: all)")
+    p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
+    p.add_argument("--seed", type=int, default=0, help="seed of TPE and of the data split")
+    p.add_argument("--results", default="results", help="folder of study folders")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__)
+    p.add_argument("study", help="a study folder, results/<study>")
+    p.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
+    p.add_argument("--columns", type=int, default=4, help="hyperparameter columns to show")
+    p.add_argument("--all", action="store_true", help="show every varying hyperparameter")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("export", help=cmd_export.__doc__)
+    p.add_argument("study", help="a study folder, results/<study>")
+    p.add_argument("--rank", type=int, default=1, help="leaderboard rank (default 1, the best)")
+    p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("show", help=cmd_show.__doc__)
+    p.add_argument("space", help="a space file")
+    p.add_argument("--classes", type=int, default=10, help="classes, for parameter counts")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpaceError, FileNotFoundError, ValueError) as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        print("hpo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The study's leaderboard: one row per trial, best first, kept as a CSV that is always whole.
+
+Written by the search driver as trials report; read by `hpo leaderboard`, `hpo export` and
+pandas. Every file here is written to a temporary name and renamed over the old one, so a
+reader sees the previous version or the next, never part of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from hpo.config import LABELS, SCHEMA, schema_key
+
+STATUSES = ("running", "completed", "stopped", "failed", "infeasible", "diverged", "oom")
+FIXED = ("rank", "trial_id", "point", "status", "reason", "best_epoch", "epochs_trained",
+         "params", "wall_s", "img_per_s", "node")
+_KEY_ORDER = {k: i for i, k in enumerate(SCHEMA)}
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace `path` with `data` in one rename (same folder, so the rename is atomic)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented JSON, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _config_columns(keys) -> list[str]:
+    """Config keys in schema order (per-stage keys by stage), labels first."""
+    def order(k):
+        digits = [int(p) for p in k.split("_") if p.isdigit()]
+        return (k not in LABELS, _KEY_ORDER.get(schema_key(k), len(_KEY_ORDER)), digits, k)
+    return sorted(keys, key=order)
+
+
+class Leaderboard:
+    """Rows of a running study, keyed by trial id; `write()` publishes them as CSV."""
+
+    def __init__(self, path: Path, metric: str, mode: str):
+        self.path, self.metric, self.mode = Path(path), metric, mode
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._started: dict[str, float] = {}
+
+    def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        """A trial began (or began again after a retry)."""
+        self._started[trial_id] = time.time()
+        row = self.rows.setdefault(trial_id, {"trial_id": trial_id, "config": dict(config)})
+        row.update(status="running", reason="")
+        row.setdefault("epochs_trained", 0)
+
+    def result(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
+        """One epoch's report from a trial."""
+        row = self.rows[trial_id]
+        value = metrics.get(self.metric)
+        epoch = int(metrics.get("epoch", 0))
+        if epoch > 0 and value is not None and math.isfinite(value):
+            best = row.get(self.metric)
+            if best is None or (value > best if self.mode == "max" else value < best):
+                row[self.metric], row["best_epoch"] = value, epoch
+        row["epochs_trained"] = max(row.get("epochs_trained", 0), epoch)
+        row["params"] = metrics.get("params", row.get("params"))
+        if metrics.get("img_per_s"):
+            row["img_per_s"] = round(metrics["img_per_s"], 1)
+        row["node"] = metrics.get("node", row.get("node", ""))
+        if metrics.get("status") not in (None, "running", "completed"):
+            row["status"], row["reason"] = metrics["status"], metrics.get("reason", "")
+        row["wall_s"] = round(time.time() - self._started.get(trial_id, time.time()), 2)
+
+    def finish(self, trial_id: str, status: str | None = None, reason: str = "") -> None:
+        """A trial ended. Without `status`, it is decided from what the trial reported:
+        its own terminal status, else completed at its full epochs, else stopped by ASHA."""
+        row = self.rows[trial_id]
+        if status is None:
+            if row["status"] not in ("running", "completed"):
+                return
+            done = row["epochs_trained"] >= row["config"].get("epochs", math.inf)
+            status = "completed" if done else "stopped"
+        row["status"], row["reason"] = status, reason or row.get("reason", "")
+
+    def frame(self) -> pd.DataFrame:
+        """The leaderboard as a DataFrame: fixed columns, the metric, then the config keys."""
+        rows = sorted(self.rows.values(), key=self._sort_key)
+        keys = _config_columns({k for r in rows for k in r["config"]})
+        records = []
+        for rank, row in enumerate(rows, 1):
+            record = {c: row.get(c) for c in FIXED}
+            record["rank"] = rank
+            record["point"] = row["config"].get("point", "")
+            record[self.metric] = row.get(self.metric)
+            record.update({k: row["config"].get(k) for k in keys if k not in LABELS})
+            records.append(record)
+        columns = list(FIXED[:4]) + [self.metric] + list(FIXED[4:])
+        columns += [k for k in keys if k not in LABELS]
+        return pd.DataFrame.from_records(records, columns=columns)
+
+    def _sort_key(self, row):
+        value = row.get(self.metric)
+        if value is None:
+            return (1, 0.0, row["trial_id"])
+        return (0, -value if self.mode == "max" else value, row["trial_id"])
+
+    def write(self) -> None:
+        """Publish leaderboard.csv, and configs.json beside it (each trial's exact config,
+        types intact, which is what `hpo export` reads)."""
+        buf = io.StringIO()
+        self.frame().to_csv(buf, index=False)
+        write_atomic(self.path, buf.getvalue())
+        write_json(self.path.parent / "configs.json",
+                   {tid: row["config"] for tid, row in self.rows.items()})
+
+    def best(self) -> dict[str, Any] | None:
+        """The best row that has a value, or None."""
+        rows = [r for r in self.rows.values() if r.get(self.metric) is not None]
+        return min(rows, key=self._sort_key) if rows else None
+
+
+def read_leaderboard(study: str | Path) -> pd.DataFrame:
+    """The leaderboard of a study folder (or of a leaderboard.csv path)."""
+    path = Path(study)
+    path = path / "leaderboard.csv" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no leaderboard here (is this a study folder?)")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def config_at_rank(study: str | Path, rank: int = 1) -> dict[str, Any]:
+    """The complete config of the trial at `rank` (1 = best), as the trial received it."""
+    study = Path(study)
+    board = read_leaderboard(study)
+    match = board[board["rank"] == rank]
+    if match.empty:
+        raise ValueError(f"{study}: no trial at rank {rank} (the study has {len(board)})")
+    trial_id = str(match.iloc[0]["trial_id"])
+    configs = json.loads((study / "configs.json").read_text())
+    return configs[trial_id]

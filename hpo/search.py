@@ -1,0 +1,388 @@
+"""The search driver: the only module that imports Ray.
+
+Optuna's TPE proposes configs (define-by-run over the space file), ASHA stops the weak ones
+at its rungs, Ray Tune runs the trials, and a callback keeps the leaderboard and the progress
+view current. The dataset is decoded once here and shipped to trials through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from rich.console import Console
+
+from hpo import train
+from hpo.data import Dataset, load_dataset
+from hpo.leaderboard import Leaderboard, write_json
+from hpo.progress import Progress
+from hpo.space import Space
+
+TERMINAL = ("infeasible", "diverged", "oom")
+
+
+class StudyError(ValueError):
+    """Bad input found before a study starts (options, data); one line, naming the file."""
+
+
+@dataclass
+class SearchOptions:
+    """What the command line may override or add to a space file."""
+
+    data: str | None = None
+    trials: int | None = None
+    max_epochs: int | None = None
+    name: str | None = None
+    gpus_per_trial: float | None = None  # default: 0.25 when the cluster has GPUs
+    cpus_per_trial: float = 1.0
+    fraction: float = 1.0
+    address: str | None = None  # None: start Ray on this machine
+    num_cpus: int | None = None  # CPUs of a local Ray (default: all)
+    concurrency: int | None = None
+    seed: int = 0
+    results: Path = Path("results")
+
+
+class HpoSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about each trial.
+
+    Ray's OptunaSearch stores a trial that ASHA stopped after one epoch as COMPLETE with its
+    one-epoch value, so TPE compares it with full-length trials. Here it is PRUNED with its
+    per-epoch values as intermediate values; trials that could not train are FAIL; complete
+    trials are told their best epoch's value, as the leaderboard ranks them.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._values: dict[str, list[float]] = {}  # per trial, the metric at each epoch
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value, epoch = result.get(self.metric), int(result.get("epoch", 0))
+        if epoch > 0 and value is not None and math.isfinite(value):
+            self._ot_trials[trial_id].report(value, epoch)
+            self._values.setdefault(trial_id, []).append(value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        result = result or {}
+        # Tune hands the last result to on_trial_complete instead of on_trial_result
+        if len(self._values.get(trial_id, [])) < int(result.get("epoch", 0)):
+            self.on_trial_result(trial_id, result)
+        values = self._values.pop(trial_id, [])
+        if error or result.get("status") in TERMINAL or not values:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif result.get("epoch", 0) < result.get("epochs", 0):
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            best = max(values) if self.mode == "max" else min(values)
+            self._ot_study.tell(ot_trial, best)
+        self._completed_trials.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        # The space holds the user's `when=` lambdas, which pickle cannot store; the space
+        # file is reloaded on restore anyway.
+        space, self._space = self._space, None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self._space = space
+
+    def restore(self, checkpoint_path: str) -> None:
+        space = self._space
+        super().restore(checkpoint_path)
+        self._space = space
+
+
+def _trainable(config: dict, data: Dataset, metric: str, mode: str) -> None:
+    """Ray's side of a trial: run_trial with a report that forwards to Tune, and a checkpoint
+    of the weights whenever the metric improves (Tune keeps the best one)."""
+    node = ray.util.get_node_ip_address()
+    best = [None]
+
+    def report(metrics: dict, model=None) -> None:
+        value = metrics.get(metric)
+        checkpoint = None
+        if model is not None and value is not None and math.isfinite(value) and (
+            best[0] is None or (value > best[0] if mode == "max" else value < best[0])
+        ):
+            best[0] = value
+            folder = tempfile.mkdtemp(prefix="hpo-ckpt-")
+            import torch
+
+            torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+            checkpoint = tune.Checkpoint.from_directory(folder)
+        tune.report({**metrics, "node": node}, checkpoint=checkpoint)
+
+    train.run_trial(config, data, report)
+
+
+class _StudyCallback(tune.Callback):
+    """Driver-side observer: feeds the leaderboard and the progress view."""
+
+    def __init__(self, board: Leaderboard, progress: Progress | None):
+        self.board, self.progress = board, progress
+        self.intervals: list[tuple[float, float]] = []  # wall-clock spans trials computed
+        self._last_write = 0.0
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; a live terminal view can't be
+        state = dict(self.__dict__)
+        state["progress"] = None
+        return state
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self._last_write > 0.5:
+            self.board.write()
+            self._last_write = now
+        if self.progress:
+            counts = Counter(r["status"] for r in self.board.rows.values())
+            best = self.board.best()
+            self.progress.update(counts, best and (best[self.board.metric], best["trial_id"],
+                                                   best["config"].get("point", "")))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.board.start(trial.trial_id, trial.config)
+        self._refresh(force=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.board.result(trial.trial_id, result)
+        if "t_start" in result:
+            self.intervals.append((result["t_start"], result["t_end"]))
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.board.finish(trial.trial_id)
+        self._refresh(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.board.finish(trial.trial_id, "failed", _last_error_line(trial))
+        self._refresh(force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._refresh()
+
+
+def _last_error_line(trial) -> str:
+    try:
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+        return lines[-1][:300] if lines else "error"
+    except (OSError, TypeError):
+        return "error (no error file)"
+
+
+def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Share of [start, end] covered by at least one interval (trials training or evaluating)."""
+    covered, reach = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered / max(1e-9, end - start)
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path):
+    """Send everything written to fds 1 and 2 (Ray's processes included) to `log_path`, and
+    yield a rich Console on the original terminal for our own view."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    log = open(log_path, "ab", buffering=0)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield Console(file=terminal)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err):
+            os.close(fd)
+        log.close()
+        terminal.close()
+
+
+def prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
+    """Apply the options to the space, load the data and name the study folder, without
+    creating anything under results/ (so bad input leaves nothing behind).
+
+    Raises StudyError (DataError for the data) with one line naming the file at fault.
+    """
+    try:
+        return _prepare(space, options)
+    except ValueError as exc:
+        raise StudyError(str(exc)) from None
+
+
+def _prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
+    if options.trials is not None:
+        space = dataclasses.replace(space, trials=options.trials)
+    if options.max_epochs is not None:
+        space = dataclasses.replace(space, max_epochs=options.max_epochs,
+                                    grace_period=min(space.grace_period, options.max_epochs))
+    source = options.data or space.data
+    if not source:
+        raise ValueError(f"{space.path}: no data: pass --data or set `data` in the space file")
+    data = load_dataset(source, val_fraction=space.val_fraction, seed=options.seed,
+                        fraction=options.fraction, image_size=space.image_size,
+                        channels=space.channels)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    study = options.results / (options.name or f"{space.name}-{stamp}")
+    if study.exists():
+        raise ValueError(f"{study}: a study of that name exists; choose another --name")
+    return space, data, study
+
+
+def run_search(space: Space, options: SearchOptions, console: Console | None = None) -> Path:
+    """Run a study and return its folder, results/<study>/.
+
+    Example:
+        >>> study = run_search(load_space("spaces/cifar10.py"), SearchOptions(data="data/cifar10"))
+        >>> read_leaderboard(study).head()
+    """
+    space, data, study = prepare(space, options)
+    study.mkdir(parents=True)
+    shutil.copyfile(space.path, study / "space.py")
+    meta = {"space": str(space.path), "data": options.data or space.data,
+            "fingerprint": data.fingerprint, "options": _jsonable(dataclasses.asdict(options)),
+            "started": datetime.now(timezone.utc).isoformat(), "versions": versions()}
+    write_json(study / "study.json", meta)
+    board = Leaderboard(study / "leaderboard.csv", space.metric, space.mode)
+    board.write()
+    interactive = console is None
+    with _output_to(study / "ray.log") as terminal:
+        console = console or terminal
+        t0 = time.time()
+        callback = _run_tuner(space, options, data, study, board, console, interactive)
+        t1 = time.time()
+        best = board.best()
+        busy = busy_fraction(callback.intervals, t0, t1)
+        meta.update(finished=datetime.now(timezone.utc).isoformat(), wall_s=round(t1 - t0, 1),
+                    busy_fraction=round(busy, 4))
+        if best:
+            write_json(study / "best.json", best["config"])
+            meta["best"] = {"trial_id": best["trial_id"], space.metric: best[space.metric]}
+        write_json(study / "study.json", meta)
+        _summarise(console, study, board, busy, t1 - t0)
+    return study
+
+
+def _run_tuner(space, options, data, study, board, console, interactive) -> _StudyCallback:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A trial checkpoints when its metric improves, which forces Tune's experiment snapshots;
+    # they are small and local, so the warning about them is noise in ray.log.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if options.address:
+        ray.init(address=options.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        resources = {"cpu": options.cpus_per_trial}
+        slots = ray.cluster_resources().get("CPU", 1) // options.cpus_per_trial
+        if gpus:
+            per = options.gpus_per_trial or 0.25
+            resources["gpu"] = per
+            slots = min(slots, int(gpus / per))
+        concurrency = max(1, int(options.concurrency or space.concurrency or slots))
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study.resolve()}/study.db")
+        sampler = optuna.samplers.TPESampler(seed=options.seed, constant_liar=True)
+        searcher = HpoSearch(space=space.sample, metric=space.metric, mode=space.mode,
+                             sampler=sampler, storage=storage, study_name=study.name)
+        for name in space.starting_points:
+            searcher._ot_study.enqueue_trial({}, user_attrs={"hpo_point": name})
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
+                                  grace_period=space.grace_period,
+                                  reduction_factor=space.reduction_factor)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, data=data.without_test(), metric=space.metric,
+                                 mode=space.mode), resources)
+        progress = Progress(console, study.name, space.trials, space.metric)
+        callback = _StudyCallback(board, progress)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                scheduler=scheduler, num_samples=space.trials, metric=space.metric,
+                mode=space.mode, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name="ray", storage_path=str(study.resolve()), verbose=0,
+                callbacks=[callback], failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=space.metric,
+                    checkpoint_score_order=space.mode)))
+        with progress:
+            results = tuner.fit()
+        for trial_id, row in board.rows.items():
+            if row["status"] == "running":
+                board.finish(trial_id, "failed", "still running when the search ended")
+        board.write()
+        _copy_best_weights(results, board, study)
+        return callback
+    finally:
+        ray.shutdown()
+
+
+def _copy_best_weights(results, board: Leaderboard, study: Path) -> None:
+    best = board.best()
+    if not best:
+        return
+    for result in results:
+        if result.metrics and result.metrics.get("trial_id") == best["trial_id"]:
+            checkpoints = [c for c, _ in (result.best_checkpoints or [])] or [result.checkpoint]
+            for checkpoint in checkpoints:
+                if checkpoint is not None:
+                    with checkpoint.as_directory() as folder:
+                        shutil.copyfile(Path(folder) / "model.pt", study / "best.pt")
+                    return
+
+
+def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, wall: float):
+    counts = Counter(r["status"] for r in board.rows.values())
+    best = board.best()
+    console.print(f"[bold]{study}[/]: {len(board.rows)} trials in {wall:.0f} s · "
+                  + " · ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if best:
+        console.print(f"best {board.metric} {best[board.metric]:.4f} (trial {best['trial_id']}"
+                      f"{', ' + best['config']['point'] if best['config'].get('point') else ''})"
+                      f" → {study / 'best.json'}")
+    console.print(f"trials computed {busy:.0%} of the wall time (busy %)")
+
+
+def versions() -> dict[str, str]:
+    import pandas
+    import torch
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "ray": ray.__version__,
+            "optuna": optuna.__version__, "pandas": pandas.__version__}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    return str(obj) if isinstance(obj, Path) else obj

@@ -1,0 +1,62 @@
+"""Leaderboard rows, order, statuses and atomic publication, without Ray."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from hpo.leaderboard import FIXED, Leaderboard, config_at_rank, read_leaderboard, write_atomic
+
+
+def board_with_trials(tmp_path, mode="max"):
+    board = Leaderboard(tmp_path / "leaderboard.csv", "val_acc", mode)
+    for tid, values, epochs in [("a", [0.5, 0.6], 4), ("b", [0.7], 4), ("c", [0.3, 0.4, 0.9, 0.8], 4)]:
+        board.start(tid, {"epochs": epochs, "lr": 0.1, "stages": 2, "convs_1": 1, "convs_2": 2})
+        for e, v in enumerate(values, 1):
+            board.result(tid, {"epoch": e, "val_acc": v, "params": 100, "img_per_s": 10.0})
+        board.finish(tid)
+    board.start("d", {"epochs": 4, "lr": 0.2, "stages": 9, "point": "bad"})
+    board.result("d", {"epoch": 0, "val_acc": 0.0, "status": "infeasible", "reason": "too deep"})
+    board.finish("d")
+    return board
+
+
+def test_rows_best_first_with_status_and_best_epoch(tmp_path):
+    board = board_with_trials(tmp_path)
+    board.write()
+    df = read_leaderboard(tmp_path)
+    assert list(df["trial_id"]) == ["c", "b", "a", "d"]
+    assert list(df["rank"]) == [1, 2, 3, 4]
+    # the best value, not the last, and the epoch it came at
+    assert df.loc[0, "val_acc"] == 0.9 and df.loc[0, "best_epoch"] == 3
+    # a trial that ran its epochs completed; one ASHA cut short is stopped
+    assert dict(zip(df.trial_id, df.status)) == {
+        "c": "completed", "b": "stopped", "a": "stopped", "d": "infeasible"}
+    assert df.loc[3, "reason"] == "too deep" and pd.isna(df.loc[3, "val_acc"])
+    assert list(df.columns[: len(FIXED) + 1]) == [*FIXED[:4], "val_acc", *FIXED[4:]]
+    # hyperparameters follow, per-stage keys in stage order
+    assert list(df.columns[len(FIXED) + 1 :]) == ["epochs", "stages", "convs_1", "convs_2", "lr"]
+
+
+def test_min_mode_sorts_ascending(tmp_path):
+    board = Leaderboard(tmp_path / "leaderboard.csv", "val_loss", "min")
+    for tid, v in [("x", 2.0), ("y", 1.0)]:
+        board.start(tid, {"epochs": 1})
+        board.result(tid, {"epoch": 1, "val_loss": v})
+    assert list(board.frame()["trial_id"]) == ["y", "x"]
+
+
+def test_export_returns_the_exact_config(tmp_path):
+    board_with_trials(tmp_path).write()
+    config = config_at_rank(tmp_path, 1)
+    assert config == {"epochs": 4, "lr": 0.1, "stages": 2, "convs_1": 1, "convs_2": 2}
+    with pytest.raises(ValueError, match="no trial at rank 9"):
+        config_at_rank(tmp_path, 9)
+
+
+def test_write_atomic_replaces_whole_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "f.json"
+    write_atomic(path, json.dumps({"v": 1}))
+    write_atomic(path, json.dumps({"v": 2}))
+    assert json.loads(path.read_text()) == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]

@@ -1,0 +1,107 @@
+"""A real `hpo search` through Ray (2 CPUs), Optuna and PyTorch on a small generated dataset."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from hpo.data import load_dataset
+from hpo.train import run_trial
+
+ROOT = Path(__file__).parents[1]
+TINY = ROOT / "tests/spaces/tiny.py"
+
+pytestmark = pytest.mark.slow
+
+
+def hpo(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def study(tiny_parquet, tmp_path_factory):
+    """One search for the whole module, with a reader polling its leaderboard meanwhile."""
+    cwd = tmp_path_factory.mktemp("run")
+    board = cwd / "results/tiny/leaderboard.csv"
+    reads, done = [], threading.Event()
+
+    def read_while_running():
+        while not done.is_set():
+            if board.exists():
+                reads.append(len(pd.read_csv(board)))  # must never see half a file
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=read_while_running)
+    reader.start()
+    try:
+        proc = hpo("search", TINY, "--data", tiny_parquet, "--num-cpus", 2, "--trials", 8,
+                   "--name", "tiny", cwd=cwd)
+    finally:
+        done.set()
+        reader.join()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, cwd / "results/tiny", proc, reads
+
+
+def test_search_writes_a_well_formed_leaderboard(study):
+    cwd, folder, proc, reads = study
+    df = pd.read_csv(folder / "leaderboard.csv")
+    assert len(df) == 8 and df["trial_id"].is_unique
+    assert list(df["rank"]) == list(range(1, 9))
+    assert set(df["status"]) <= {"completed", "stopped", "infeasible", "diverged", "oom"}
+    # ASHA cut at least one trial short, and at least one ran its full epochs
+    assert (df["status"] == "stopped").sum() >= 1 and (df["status"] == "completed").sum() >= 1
+    assert (df.loc[df.status == "stopped", "epochs_trained"] < 4).all()
+    assert df["val_acc"].is_monotonic_decreasing
+    assert (df["params"] > 0).all() and (df["img_per_s"] > 0).all()
+    # the starting point ran under its name
+    assert "too-slow" in set(df["point"])
+    # the reader polled the leaderboard during the search and always parsed it
+    assert len(reads) > 5
+
+
+def test_study_folder_holds_the_promised_files(study):
+    _, folder, proc, _ = study
+    for name in ("leaderboard.csv", "best.json", "best.pt", "space.py", "study.json", "ray.log",
+                 "study.db"):
+        assert (folder / name).is_file(), name
+    assert (folder / "space.py").read_text() == TINY.read_text()
+    # Ray's own chatter goes to the log file, not the terminal
+    assert "Started a local Ray instance" in (folder / "ray.log").read_text()
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_exported_best_config_reproduces_a_trial(study, tiny_parquet):
+    cwd, folder, _, _ = study
+    out = hpo("export", folder, "--rank", "1", "-o", "best.json", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    config = json.loads((cwd / "best.json").read_text())
+    assert config == json.loads((folder / "best.json").read_text())
+    config["epochs"] = 1
+    final = run_trial(config, load_dataset(tiny_parquet), lambda *a, **k: None)
+    assert final["status"] == "completed"
+
+
+def test_optuna_study_marks_stopped_trials_pruned(study):
+    _, folder, _, _ = study
+    df = pd.read_csv(folder / "leaderboard.csv")
+    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
+    states = [t.state.name for t in stored.trials]
+    assert states.count("PRUNED") == (df["status"] == "stopped").sum()
+    assert states.count("COMPLETE") == (df["status"] == "completed").sum()
+    # every epoch a trial trained is an intermediate value TPE can use
+    trained = sorted(df["epochs_trained"])
+    assert sorted(len(t.intermediate_values) for t in stored.trials) == trained
+
+
+def test_leaderboard_command_prints_the_top_rows(study):
+    cwd, folder, _, _ = study
+    out = hpo("leaderboard", folder, "--top", "3", cwd=cwd)
+    assert out.returncode == 0 and "val_acc" in out.stdout and "completed" in out.stdout
