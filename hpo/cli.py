@@ -30,7 +30,9 @@ def cmd_search(args) -> int:
     options = SearchOptions(
         data=args.data, trials=args.trials, max_epochs=args.max_epochs, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        fraction=args.fraction, address=args.address, num_cpus=args.num_cpus,
+        fraction=args.fraction, address=args.address, storage_path=args.storage_path,
+        fresh=args.fresh, storage=args.storage,
+        num_cpus=args.num_cpus,
         concurrency=args.concurrency, seed=args.seed, results=Path(args.results))
     try:
         study = run_search(load_space(args.space), options)
@@ -132,12 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders")
     p.add_argument("--trials", type=int, help="trials to run (overrides the space file)")
     p.add_argument("--max-epochs", type=int, help="epochs of a full trial; ASHA's max_t")
-    p.add_argument("--name", help="study name (default: <space>-<UTC time>)")
+    p.add_argument("--name", help="study name (default: the space file's name); an existing "
+                   "study of that name is resumed")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over under a new name (<name>-2, ...) instead of resuming")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://... for a cluster "
+                   "(default: results/<study>/study.db)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (default 0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="train on this fixed-seed fraction of the training set, for quick runs")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: local Ray")
+    p.add_argument("--storage-path", help="where trials write results and checkpoints: a "
+                   "path every node shares, or s3://... / gs://... (default: the study folder)")
     p.add_argument("--num-cpus", type=int, help="CPUs the local Ray may use (default: all)")
     p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--seed", type=int, default=0, help="seed of TPE and of the data split")

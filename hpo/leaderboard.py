@@ -21,6 +21,10 @@ import pandas as pd
 from hpo.config import LABELS, SCHEMA, schema_key
 
 STATUSES = ("running", "completed", "stopped", "failed", "infeasible", "diverged", "oom")
+# per epoch: where it ran (node) and on what: the data's fingerprint, and how many images the
+# trial's process decoded itself (0: it used the driver's copy from the object store)
+EPOCH_COLUMNS = ("trial_id", "epoch", "val_acc", "val_loss", "train_loss", "img_per_s",
+                 "t_start", "t_end", "node", "data", "decoded")
 FIXED = ("rank", "trial_id", "point", "status", "reason", "best_epoch", "epochs_trained",
          "params", "wall_s", "img_per_s", "node")
 _KEY_ORDER = {k: i for i, k in enumerate(SCHEMA)}
@@ -58,20 +62,44 @@ class Leaderboard:
     def __init__(self, path: Path, metric: str, mode: str):
         self.path, self.metric, self.mode = Path(path), metric, mode
         self.rows: dict[str, dict[str, Any]] = {}
+        self.epochs: list[dict[str, Any]] = []  # every epoch of every trial: the learning curves
         self._started: dict[str, float] = {}
 
+    @classmethod
+    def load(cls, path: Path, metric: str, mode: str) -> Leaderboard:
+        """The leaderboard a previous run of the study left (empty when there is none)."""
+        board = cls(path, metric, mode)
+        configs_path = board.path.parent / "configs.json"
+        if not (board.path.is_file() and configs_path.is_file()):
+            return board
+        configs = json.loads(configs_path.read_text())
+        frame = read_leaderboard(board.path).astype(object)
+        for record in frame.where(frame.notna(), None).to_dict("records"):
+            tid = str(record["trial_id"])
+            row = {k: record[k] for k in (*FIXED[1:], metric) if record.get(k) is not None}
+            board.rows[tid] = {**row, "trial_id": tid, "config": configs.get(tid, {})}
+        epochs_path = board.path.parent / "epochs.csv"
+        if epochs_path.is_file():
+            curves = pd.read_csv(epochs_path, dtype={"trial_id": str})
+            board.epochs = curves.astype(object).where(curves.notna(), None).to_dict("records")
+        return board
+
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
-        """A trial began (or began again after a retry)."""
+        """A trial began, or began again after a retry or a resume: it trains from epoch 1,
+        so what it reported before is dropped."""
         self._started[trial_id] = time.time()
-        row = self.rows.setdefault(trial_id, {"trial_id": trial_id, "config": dict(config)})
-        row.update(status="running", reason="")
-        row.setdefault("epochs_trained", 0)
+        self.rows[trial_id] = {"trial_id": trial_id, "config": dict(config),
+                               "status": "running", "reason": "", "epochs_trained": 0}
+        self.epochs = [e for e in self.epochs if e["trial_id"] != trial_id]
 
     def result(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
         """One epoch's report from a trial."""
         row = self.rows[trial_id]
         value = metrics.get(self.metric)
         epoch = int(metrics.get("epoch", 0))
+        if epoch > 0:
+            self.epochs.append({"trial_id": trial_id, "epoch": epoch,
+                                **{k: metrics.get(k) for k in EPOCH_COLUMNS[2:]}})
         if epoch > 0 and value is not None and math.isfinite(value):
             best = row.get(self.metric)
             if best is None or (value > best if self.mode == "max" else value < best):
@@ -119,13 +147,17 @@ class Leaderboard:
         return (0, -value if self.mode == "max" else value, row["trial_id"])
 
     def write(self) -> None:
-        """Publish leaderboard.csv, and configs.json beside it (each trial's exact config,
-        types intact, which is what `hpo export` reads)."""
+        """Publish leaderboard.csv, and beside it configs.json (each trial's exact config,
+        types intact, which is what `hpo export` reads) and epochs.csv (every epoch's report:
+        the learning curves)."""
         buf = io.StringIO()
         self.frame().to_csv(buf, index=False)
         write_atomic(self.path, buf.getvalue())
         write_json(self.path.parent / "configs.json",
                    {tid: row["config"] for tid, row in self.rows.items()})
+        buf = io.StringIO()
+        pd.DataFrame.from_records(self.epochs, columns=EPOCH_COLUMNS).to_csv(buf, index=False)
+        write_atomic(self.path.parent / "epochs.csv", buf.getvalue())
 
     def best(self) -> dict[str, Any] | None:
         """The best row that has a value, or None."""

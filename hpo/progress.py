@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -53,3 +57,27 @@ class Progress:
     def __exit__(self, *exc):
         self.live.update(self._render())
         return self.live.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def output_to(log_path: Path):
+    """Send everything written to fds 1 and 2 (Ray's processes included) to `log_path`, and
+    yield a rich Console on the original terminal for our own view."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    log = open(log_path, "ab", buffering=0)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield Console(file=terminal)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err):
+            os.close(fd)
+        log.close()
+        terminal.close()

@@ -7,7 +7,6 @@ view current. The dataset is decoded once here and shipped to trials through Ray
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -17,7 +16,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,12 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
 from hpo import train
-from hpo.data import Dataset, load_dataset
+from hpo.data import Dataset, decode_count, load_dataset
 from hpo.leaderboard import Leaderboard, write_json
-from hpo.progress import Progress
+from hpo.progress import Progress, output_to
 from hpo.space import Space
+from hpo.study import (busy_fraction, check_resumable, choose_folder, now, read_meta, versions,
+                       write_meta)
 
 TERMINAL = ("infeasible", "diverged", "oom")
 
@@ -55,6 +55,9 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     fraction: float = 1.0
     address: str | None = None  # None: start Ray on this machine
+    fresh: bool = False  # a new study under a new name, instead of resuming results/<name>
+    storage: str | None = None  # Optuna storage URL (default: SQLite in the study folder)
+    storage_path: str | None = None  # Tune's trial storage every node reaches (path or URI)
     num_cpus: int | None = None  # CPUs of a local Ray (default: all)
     concurrency: int | None = None
     seed: int = 0
@@ -72,13 +75,18 @@ class HpoSearch(OptunaSearch):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._values: dict[str, list[float]] = {}  # per trial, the metric at each epoch
+        self._values: dict[str, dict[int, float]] = {}  # per trial: epoch -> metric
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value, epoch = result.get(self.metric), int(result.get("epoch", 0))
         if epoch > 0 and value is not None and math.isfinite(value):
-            self._ot_trials[trial_id].report(value, epoch)
-            self._values.setdefault(trial_id, []).append(value)
+            self._values.setdefault(trial_id, {})[epoch] = value
+            try:
+                # a trial run again after a resume reports its epochs again: Optuna keeps the
+                # first, or refuses when the trial finished after Tune's last snapshot
+                self._ot_trials[trial_id].report(value, epoch)
+            except (RuntimeError, ValueError):
+                pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -87,16 +95,19 @@ class HpoSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         result = result or {}
         # Tune hands the last result to on_trial_complete instead of on_trial_result
-        if len(self._values.get(trial_id, [])) < int(result.get("epoch", 0)):
-            self.on_trial_result(trial_id, result)
-        values = self._values.pop(trial_id, [])
-        if error or result.get("status") in TERMINAL or not values:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        elif result.get("epoch", 0) < result.get("epochs", 0):
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        else:
-            best = max(values) if self.mode == "max" else min(values)
-            self._ot_study.tell(ot_trial, best)
+        self.on_trial_result(trial_id, result)
+        values = list(self._values.pop(trial_id, {}).values())
+        try:
+            if error or result.get("status") in TERMINAL or not values:
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            elif result.get("epoch", 0) < result.get("epochs", 0):
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            else:
+                best = max(values) if self.mode == "max" else min(values)
+                self._ot_study.tell(ot_trial, best)
+        except (RuntimeError, ValueError):
+            # told already: the trial finished after Tune's last snapshot and ran again
+            pass
         self._completed_trials.add(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
@@ -117,7 +128,8 @@ class HpoSearch(OptunaSearch):
 def _trainable(config: dict, data: Dataset, metric: str, mode: str) -> None:
     """Ray's side of a trial: run_trial with a report that forwards to Tune, and a checkpoint
     of the weights whenever the metric improves (Tune keeps the best one)."""
-    node = ray.util.get_node_ip_address()
+    # the IP names the machine; the node id tells apart two raylets on one machine
+    node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
     best = [None]
 
     def report(metrics: dict, model=None) -> None:
@@ -132,7 +144,8 @@ def _trainable(config: dict, data: Dataset, metric: str, mode: str) -> None:
 
             torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
             checkpoint = tune.Checkpoint.from_directory(folder)
-        tune.report({**metrics, "node": node}, checkpoint=checkpoint)
+        tune.report({**metrics, "node": node, "data": data.fingerprint,
+                     "decoded": decode_count()}, checkpoint=checkpoint)
 
     train.run_trial(config, data, report)
 
@@ -192,43 +205,8 @@ def _last_error_line(trial) -> str:
         return "error (no error file)"
 
 
-def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float) -> float:
-    """Share of [start, end] covered by at least one interval (trials training or evaluating)."""
-    covered, reach = 0.0, start
-    for a, b in sorted(intervals):
-        a, b = max(a, reach), min(b, end)
-        if b > a:
-            covered += b - a
-            reach = b
-    return covered / max(1e-9, end - start)
-
-
-@contextlib.contextmanager
-def _output_to(log_path: Path):
-    """Send everything written to fds 1 and 2 (Ray's processes included) to `log_path`, and
-    yield a rich Console on the original terminal for our own view."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
-    log = open(log_path, "ab", buffering=0)
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    try:
-        yield Console(file=terminal)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        for fd in (saved_out, saved_err):
-            os.close(fd)
-        log.close()
-        terminal.close()
-
-
 def prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
-    """Apply the options to the space, load the data and name the study folder, without
+    """Apply the options to the space, load the data and choose the study folder, without
     creating anything under results/ (so bad input leaves nothing behind).
 
     Raises StudyError (DataError for the data) with one line naming the file at fault.
@@ -251,48 +229,70 @@ def _prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path
     data = load_dataset(source, val_fraction=space.val_fraction, seed=options.seed,
                         fraction=options.fraction, image_size=space.image_size,
                         channels=space.channels)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    study = options.results / (options.name or f"{space.name}-{stamp}")
-    if study.exists():
-        raise ValueError(f"{study}: a study of that name exists; choose another --name")
-    return space, data, study
+    folder = choose_folder(options.results, options.name or space.name, options.fresh)
+    check_resumable(folder, space.source, data.fingerprint)
+    return space, data, folder
 
 
 def run_search(space: Space, options: SearchOptions, console: Console | None = None) -> Path:
-    """Run a study and return its folder, results/<study>/.
+    """Run a study, or resume the one in its folder, and return the folder, results/<study>/.
+
+    The same command run again after a crash, a kill or Ctrl-C continues the study: finished
+    trials are kept, unfinished ones run again, the searcher keeps its history.
+    Raises KeyboardInterrupt after Ctrl-C, once everything is saved.
 
     Example:
         >>> study = run_search(load_space("spaces/cifar10.py"), SearchOptions(data="data/cifar10"))
         >>> read_leaderboard(study).head()
     """
     space, data, study = prepare(space, options)
-    study.mkdir(parents=True)
+    study.mkdir(parents=True, exist_ok=True)
+    meta = read_meta(study)
+    if meta.get("finished") and meta.get("trials", 0) >= space.trials:
+        (console or Console()).print(f"{study}: this study is complete "
+                                     "(--fresh starts a new one; --trials N extends it)")
+        return study
+    resumed = bool(meta)
     shutil.copyfile(space.path, study / "space.py")
-    meta = {"space": str(space.path), "data": options.data or space.data,
-            "fingerprint": data.fingerprint, "options": _jsonable(dataclasses.asdict(options)),
-            "started": datetime.now(timezone.utc).isoformat(), "versions": versions()}
-    write_json(study / "study.json", meta)
-    board = Leaderboard(study / "leaderboard.csv", space.metric, space.mode)
+    meta.update(space=str(space.path), data=options.data or space.data,
+                fingerprint=data.fingerprint, options=_jsonable(dataclasses.asdict(options)),
+                trials=space.trials, versions=versions(), finished=None)
+    meta.setdefault("started", now())
+    meta["runs"] = meta.get("runs", 0) + 1
+    write_meta(study, meta)
+    board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode)
     board.write()
-    interactive = console is None
-    with _output_to(study / "ray.log") as terminal:
+    with output_to(study / "ray.log") as terminal:
         console = console or terminal
+        if resumed:
+            console.print(f"resuming {study}: {len(board.rows)} trials so far")
         t0 = time.time()
-        callback = _run_tuner(space, options, data, study, board, console, interactive)
+        callback, interrupted = _run_tuner(space, options, data, study, board, console)
         t1 = time.time()
-        best = board.best()
         busy = busy_fraction(callback.intervals, t0, t1)
-        meta.update(finished=datetime.now(timezone.utc).isoformat(), wall_s=round(t1 - t0, 1),
-                    busy_fraction=round(busy, 4))
+        meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1), busy_fraction=round(busy, 4))
+        best = board.best()
         if best:
             write_json(study / "best.json", best["config"])
             meta["best"] = {"trial_id": best["trial_id"], space.metric: best[space.metric]}
-        write_json(study / "study.json", meta)
+        if not interrupted:
+            meta["finished"] = now()
+        write_meta(study, meta)
         _summarise(console, study, board, busy, t1 - t0)
+        if interrupted:
+            console.print(f"[yellow]interrupted[/]: everything so far is kept; resume with\n"
+                          f"  {_command_line()}")
+    if interrupted:
+        raise KeyboardInterrupt
     return study
 
 
-def _run_tuner(space, options, data, study, board, console, interactive) -> _StudyCallback:
+def _command_line() -> str:
+    args = [a for a in sys.argv[1:] if a != "--fresh"]
+    return " ".join(["hpo", *args])
+
+
+def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallback, bool]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A trial checkpoints when its metric improves, which forces Tune's experiment snapshots;
     # they are small and local, so the warning about them is noise in ray.log.
@@ -309,43 +309,78 @@ def _run_tuner(space, options, data, study, board, console, interactive) -> _Stu
             per = options.gpus_per_trial or 0.25
             resources["gpu"] = per
             slots = min(slots, int(gpus / per))
-        concurrency = max(1, int(options.concurrency or space.concurrency or slots))
-        storage = optuna.storages.RDBStorage(f"sqlite:///{study.resolve()}/study.db")
-        sampler = optuna.samplers.TPESampler(seed=options.seed, constant_liar=True)
-        searcher = HpoSearch(space=space.sample, metric=space.metric, mode=space.mode,
-                             sampler=sampler, storage=storage, study_name=study.name)
-        for name in space.starting_points:
-            searcher._ot_study.enqueue_trial({}, user_attrs={"hpo_point": name})
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
-                                  grace_period=space.grace_period,
-                                  reduction_factor=space.reduction_factor)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=data.without_test(), metric=space.metric,
                                  mode=space.mode), resources)
         progress = Progress(console, study.name, space.trials, space.metric)
         callback = _StudyCallback(board, progress)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                scheduler=scheduler, num_samples=space.trials, metric=space.metric,
-                mode=space.mode, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name="ray", storage_path=str(study.resolve()), verbose=0,
-                callbacks=[callback], failure_config=tune.FailureConfig(max_failures=2),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=space.metric,
-                    checkpoint_score_order=space.mode)))
+        experiment = (f"{options.storage_path.rstrip('/')}/{study.name}" if options.storage_path
+                      else str(study.resolve() / "ray"))
+        if tune.Tuner.can_restore(experiment):
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
+                                       resume_errored=True)
+            # the restored run config holds the callback pickled at the first run, without
+            # its terminal view or the leaderboard as it is now
+            tuner._local_tuner.get_run_config().callbacks = [callback]
+        else:
+            tuner = _new_tuner(space, options, study, trainable, callback, slots)
         with progress:
             results = tuner.fit()
-        for trial_id, row in board.rows.items():
-            if row["status"] == "running":
-                board.finish(trial_id, "failed", "still running when the search ended")
+        interrupted = len(results) < space.trials or any(
+            r["status"] == "running" for r in board.rows.values())
+        if not interrupted:
+            _close_stragglers(board, options, study)
         board.write()
         _copy_best_weights(results, board, study)
-        return callback
+        return callback, interrupted
     finally:
         ray.shutdown()
+
+
+def _storage(options: SearchOptions, study: Path) -> optuna.storages.BaseStorage:
+    """Optuna's study: SQLite in the study folder, or --storage (PostgreSQL, MySQL...)."""
+    url = options.storage or f"sqlite:///{study.resolve()}/study.db"
+    return optuna.storages.RDBStorage(url)
+
+
+def _new_tuner(space, options, study, trainable, callback, slots) -> tune.Tuner:
+    concurrency = max(1, int(options.concurrency or space.concurrency or slots))
+    sampler = optuna.samplers.TPESampler(seed=options.seed, constant_liar=True)
+    searcher = HpoSearch(space=space.sample, metric=space.metric, mode=space.mode,
+                         sampler=sampler, storage=_storage(options, study),
+                         study_name=study.name)
+    for name in space.starting_points:
+        searcher._ot_study.enqueue_trial({}, user_attrs={"hpo_point": name})
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
+                              grace_period=space.grace_period,
+                              reduction_factor=space.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            scheduler=scheduler, num_samples=space.trials, metric=space.metric,
+            mode=space.mode, reuse_actors=True),
+        run_config=tune.RunConfig(
+            # trial results and checkpoints: in the study folder, or where every node of
+            # a cluster can reach them (a shared path, s3://, gs://); the leaderboard
+            # and best config are written here by the driver either way
+            name=study.name if options.storage_path else "ray",
+            storage_path=options.storage_path or str(study.resolve()), verbose=0,
+            callbacks=[callback], failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=space.metric,
+                checkpoint_score_order=space.mode)))
+
+
+def _close_stragglers(board: Leaderboard, options: SearchOptions, study: Path) -> None:
+    """After a finished search nothing may stay 'running': not a leaderboard row whose trial
+    Ray lost track of (its driver was killed before Ray recorded it), nor its Optuna trial."""
+    for trial_id, row in board.rows.items():
+        if row["status"] == "running":
+            board.finish(trial_id, "failed", "lost: its run was interrupted and not resumed")
+    stored = optuna.load_study(study_name=study.name, storage=_storage(options, study))
+    for trial in stored.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        stored.tell(trial.number, state=TrialState.FAIL)
 
 
 def _copy_best_weights(results, board: Leaderboard, study: Path) -> None:
@@ -372,14 +407,6 @@ def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, w
                       f"{', ' + best['config']['point'] if best['config'].get('point') else ''})"
                       f" → {study / 'best.json'}")
     console.print(f"trials computed {busy:.0%} of the wall time (busy %)")
-
-
-def versions() -> dict[str, str]:
-    import pandas
-    import torch
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "ray": ray.__version__,
-            "optuna": optuna.__version__, "pandas": pandas.__version__}
 
 
 def _jsonable(obj: Any) -> Any:

@@ -36,6 +36,9 @@ def test_rows_best_first_with_status_and_best_epoch(tmp_path):
     assert list(df.columns[: len(FIXED) + 1]) == [*FIXED[:4], "val_acc", *FIXED[4:]]
     # hyperparameters follow, per-stage keys in stage order
     assert list(df.columns[len(FIXED) + 1 :]) == ["epochs", "stages", "convs_1", "convs_2", "lr"]
+    # every epoch of every trial is kept for learning curves
+    curves = pd.read_csv(tmp_path / "epochs.csv")
+    assert len(curves) == 7 and list(curves[curves.trial_id == "c"]["epoch"]) == [1, 2, 3, 4]
 
 
 def test_min_mode_sorts_ascending(tmp_path):

@@ -1,0 +1,74 @@
+"""A study folder, results/<study>/: its name, whether it can be resumed, its metadata."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hpo.leaderboard import write_json
+
+
+def choose_folder(results: Path, name: str, fresh: bool) -> Path:
+    """results/<name>, or with --fresh the first results/<name>-N that does not exist yet."""
+    folder = results / name
+    n = 2
+    while fresh and folder.exists():
+        folder, n = results / f"{name}-{n}", n + 1
+    return folder
+
+
+def read_meta(study: Path) -> dict[str, Any]:
+    """study.json, or {} for a folder that has none yet."""
+    path = study / "study.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_resumable(study: Path, space_source: str, fingerprint: str) -> None:
+    """Raise ValueError when the folder holds a study of another space or other data: resuming
+    would mix two searches in one leaderboard."""
+    copy = study / "space.py"
+    if copy.is_file() and copy.read_text() != space_source:
+        raise ValueError(f"{study}: was searched with a different space file; "
+                         "pass --fresh (or --name) to start a new study")
+    meta = read_meta(study)
+    if meta.get("fingerprint") not in (None, fingerprint):
+        raise ValueError(f"{study}: was searched on other data; pass --fresh (or --name)")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    """Versions of what shapes a result, recorded beside it."""
+    import optuna
+    import pandas
+    import torch
+
+    out = {"python": sys.version.split()[0], "torch": torch.__version__,
+           "optuna": optuna.__version__, "pandas": pandas.__version__}
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Share of [start, end] covered by at least one interval (trials training or evaluating)."""
+    covered, reach = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered / max(1e-9, end - start)
+
+
+def write_meta(study: Path, meta: dict[str, Any]) -> None:
+    write_json(study / "study.json", meta)
