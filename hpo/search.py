@@ -350,7 +350,7 @@ def _new_tuner(space, options, study, trainable, callback, slots) -> tune.Tuner:
                          sampler=sampler, storage=_storage(options, study),
                          study_name=study.name)
     for name in space.starting_points:
-        searcher._ot_study.enqueue_trial({}, user_attrs={"hpo_point": name})
+        searcher._ot_study.enqueue_trial(space.point_params(name), user_attrs={"hpo_point": name})
     scheduler = ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
                               grace_period=space.grace_period,
                               reduction_factor=space.reduction_factor)

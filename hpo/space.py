@@ -143,11 +143,10 @@ class Space:
         """
         point_name = trial.user_attrs.get("hpo_point") if hasattr(trial, "user_attrs") else None
         if point_name:
-            point = self.point(point_name)
-            for name, dim in self.dimensions.items():
-                if _is_dim(dim) and name in point and _contains(dim, point[name]):
-                    dim.suggest(trial, name)
-            return point
+            # the trial was enqueued with point_params(): these suggestions return its values
+            for name in self.point_params(point_name):
+                self.dimensions[name].suggest(trial, name)
+            return self.point(point_name)
         config: dict[str, Any] = {}
         skipped = []
         for name, dim in self.dimensions.items():
@@ -169,6 +168,13 @@ class Space:
         base.update(self.starting_points[name])
         base["epochs"] = self.max_epochs
         return {**complete(base), "point": name}
+
+    def point_params(self, name: str) -> dict[str, Any]:
+        """The starting point's values of the searched dimensions that exist for it and hold
+        its value: what Optuna records for it, so TPE learns from the point as from any trial."""
+        point = self.point(name)
+        return {k: point[k] for k, dim in self.searched().items()
+                if k in point and (dim.when is None or dim.when(point)) and _contains(dim, point[k])}
 
     def searched(self) -> dict[str, Dimension]:
         return {k: v for k, v in self.dimensions.items() if _is_dim(v)}

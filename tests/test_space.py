@@ -82,3 +82,19 @@ def test_bad_space_file_is_one_line_naming_the_file(tmp_path, text, message):
 def test_missing_space_file(tmp_path):
     with pytest.raises(SpaceError, match="no such space file"):
         load_space(tmp_path / "nope.py")
+
+
+def test_a_starting_point_is_recorded_in_optuna_with_its_own_values():
+    import optuna
+
+    space = load_space(ROOT / "spaces/cifar10.py")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    params = space.point_params("report000-final")
+    study.enqueue_trial(params, user_attrs={"hpo_point": "report000-final"})
+    trial = study.ask()
+    config = space.sample(trial)
+    assert config == space.point("report000-final")
+    # TPE sees the values the point trained with, not random draws
+    assert trial.params == params and params["optimizer"] == "sgd" and params["bn"] == "before"
+    # momentum exists for SGD, and 0.0 lies outside its range, so it is not claimed
+    assert "momentum" not in params and "dense_1" in params
