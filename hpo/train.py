@@ -164,8 +164,9 @@ def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
     base["params"] = count_parameters(model)
     try:
         return _train(config, data, report, model, device, cuda, generator, base, stop)
-    except torch.OutOfMemoryError as exc:
-        return stop("oom", str(exc).splitlines()[0])
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        # out of device or host memory: this config does not fit, so it is not retried
+        return stop("oom", (str(exc).splitlines() or ["out of memory"])[0])
 
 
 def _train(config, data, report, model, device, cuda, generator, base, stop) -> dict[str, Any]:
@@ -208,9 +209,11 @@ def _train(config, data, report, model, device, cuda, generator, base, stop) -> 
                         epoch=epoch, train_loss=train_loss)
         val_loss, val_acc = evaluate(model, dev.x_val, dev.y_val, dev, config)
         if config["schedule"] == "plateau":
-            # ReduceLROnPlateau on validation loss, counted in epochs
-            if val_loss < plateau_best - 1e-4:
-                plateau_best, plateau_wait = val_loss, 0
+            # ReduceLROnPlateau on validation loss, counted in epochs (on the training loss
+            # in a final retrain, which has no validation split)
+            monitor = val_loss if len(dev.x_val) else train_loss
+            if monitor < plateau_best - 1e-4:
+                plateau_best, plateau_wait = monitor, 0
             else:
                 plateau_wait += 1
                 if plateau_wait > config["plateau_patience"]:
