@@ -38,7 +38,41 @@ def cmd_search(args) -> int:
         study = run_search(load_space(args.space), options)
     except (SpaceError, StudyError) as exc:
         return _fail(exc)
+    if args.final and (study / "best.json").is_file():
+        from hpo.final import retrain
+        from hpo.study import load_study_data
+
+        _, data = load_study_data(study)
+        config = json.loads((study / "best.json").read_text())
+        retrain(config, data, range(args.seeds), study / "final", "best", console)
     console.print(f"next: hpo leaderboard {study}   ·   hpo export {study} --rank 1 -o best.json")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Retrain a config on train + validation for its full epochs, test once per seed."""
+    from hpo.data import load_dataset
+    from hpo.final import retrain
+    from hpo.study import load_study_data
+
+    target = Path(args.target)
+    if target.is_dir():
+        space, data = load_study_data(target, args.data, args.fraction)
+        out = target / "final"
+        jobs = [(n, space.point(n)) for n in args.point] or [
+            ("best", json.loads((target / "best.json").read_text()))]
+    else:
+        if not target.is_file():
+            raise FileNotFoundError(f"{target}: no such config file or study folder")
+        if not args.data:
+            raise ValueError(f"{target}: pass --data for a config outside a study")
+        data = load_dataset(args.data, fraction=args.fraction or 1.0)
+        out = Path(args.out or Path("results") / f"final-{target.stem}")
+        jobs = [("best", json.loads(target.read_text()))]
+    for name, config in jobs:
+        if args.epochs:
+            config = {**config, "epochs": args.epochs}
+        retrain(config, data, range(args.seeds), Path(args.out or out), name, console)
     return 0
 
 
@@ -60,6 +94,14 @@ def cmd_leaderboard(args) -> int:
     for _, row in board[columns].iterrows():
         table.add_row(*("" if _missing(v) else _fmt(v) for v in row))
     console.print(table)
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Write results/<study>/report.html: curves, importances, Pareto front, final results."""
+    from hpo.report import write_report
+
+    console.print(f"report → {write_report(args.study)}")
     return 0
 
 
@@ -151,7 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
     p.add_argument("--seed", type=int, default=0, help="seed of TPE and of the data split")
     p.add_argument("--results", default="results", help="folder of study folders")
+    p.add_argument("--final", action="store_true",
+                   help="then retrain the best config on train + val and test it (hpo train)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the final retrain (default 3)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    p.add_argument("target", help="a study folder (retrains its best.json) or a config .json")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--point", action="append", default=[],
+                   help="retrain this starting point of the study's space instead (repeatable)")
+    p.add_argument("--data", help="dataset (default: the one the study searched)")
+    p.add_argument("--fraction", type=float, help="train on a fixed-seed fraction")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--out", help="output folder (default: <study>/final)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
@@ -165,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=1, help="leaderboard rank (default 1, the best)")
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__)
+    p.add_argument("study", help="a study folder, results/<study>")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("show", help=cmd_show.__doc__)
     p.add_argument("space", help="a space file")

@@ -72,3 +72,24 @@ def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float
 
 def write_meta(study: Path, meta: dict[str, Any]) -> None:
     write_json(study / "study.json", meta)
+
+
+def load_study_data(study: Path, data: str | None = None, fraction: float | None = None):
+    """The space and the data a study searched, with its test split: (Space, Dataset).
+
+    `data` and `fraction` override what the study recorded (e.g. the full data for a final
+    retrain of a study searched on a fraction).
+    """
+    from hpo.data import load_dataset
+    from hpo.space import load_space
+
+    meta = read_meta(study)
+    space = load_space(study / "space.py")
+    source = data or meta.get("data")
+    if not source:
+        raise ValueError(f"{study}: no data recorded; pass --data")
+    options = meta.get("options", {})
+    frac = fraction if fraction is not None else options.get("fraction", 1.0)
+    dataset = load_dataset(source, val_fraction=space.val_fraction, seed=options.get("seed", 0),
+                           fraction=frac, image_size=space.image_size, channels=space.channels)
+    return space, dataset

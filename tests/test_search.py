@@ -105,3 +105,27 @@ def test_leaderboard_command_prints_the_top_rows(study):
     cwd, folder, _, _ = study
     out = hpo("leaderboard", folder, "--top", "3", cwd=cwd)
     assert out.returncode == 0 and "val_acc" in out.stdout and "completed" in out.stdout
+
+
+def test_final_retrain_tests_the_best_config_and_a_starting_point(study):
+    cwd, folder, _, _ = study
+    for extra in ([], ["--point", "too-slow"]):
+        out = hpo("train", folder, "--seeds", "2", "--epochs", "1", *extra, cwd=cwd)
+        assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((folder / "final/results.json").read_text())
+    assert results["seeds"] == [0, 1] and len(results["test_acc"]) == 2
+    assert 0 <= results["mean"] <= 1 and results["runs"][0]["status"] == "completed"
+    assert "too-slow" in results["starting_points"]
+    assert (folder / "final/best-seed1.pt").is_file()
+    # the same data the study searched, trained on train + validation
+    assert results["data_fingerprint"] == json.loads((folder / "study.json").read_text())[
+        "fingerprint"]
+    assert results["train_fingerprint"] != results["data_fingerprint"]
+
+
+def test_report_command_writes_the_html_report(study):
+    cwd, folder, _, _ = study
+    out = hpo("report", folder, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-2000:]
+    html = (folder / "report.html").read_text()
+    assert html.count("<img") >= 4 and "Learning curves" in html
