@@ -1,0 +1,367 @@
+"""A study's report: one static HTML page, plots embedded as PNG, that opens offline.
+
+Read from the study folder alone (leaderboard.csv, epochs.csv, study.json, space.py, study.db,
+final/results.json), so it works on a copied folder, while the search runs or after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import warnings
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: the Agg canvas, no global backend state
+
+from hpo.leaderboard import FIXED, STATUSES, read_leaderboard, write_atomic
+
+TOP = 15
+MIN_COMPLETE = 10  # fewer COMPLETE trials than this: importance also counts ASHA-stopped ones
+MIN_TRIALS = 5  # below this a forest over the dimensions says nothing
+BEST, DONE, FADED = "#d62728", "#1f77b4", "#9a9a9a"
+CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}
+h2{border-bottom:1px solid #ddd;margin-top:1.8em}table{border-collapse:collapse;font-size:12px}
+td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
+th{background:#f4f4f4}img{max-width:100%}.missing{color:#777;font-style:italic}
+.wide{overflow-x:auto}dt{font-weight:600;float:left;width:9em;clear:left}dd{margin-left:9em}"""
+# --dump-dom shows the DOM, not whether images decoded: the page records that itself on load
+SCRIPT = """window.addEventListener("load", () => { const i = [...document.images];
+document.body.dataset.imagesLoaded = i.every(x => x.complete && x.naturalWidth > 0);
+document.body.dataset.images = i.length; });"""
+
+
+class _Missing(Exception):
+    """A section that cannot be drawn; the message is the sentence shown instead."""
+
+
+def write_report(study: str | Path) -> Path:
+    """Write `<study>/report.html` and return its path.
+
+    One self-contained page: plots are inline PNGs, nothing is fetched, and one small script
+    records on load whether every image decoded (`data-images-loaded`, `data-images` on body).
+    Whatever a section needs and the folder lacks (no epochs yet, no study.db, too few trials
+    for importances, no final retrain) becomes a sentence saying so; only a folder without a
+    leaderboard.csv raises (FileNotFoundError). Never imports Ray.
+    """
+    from hpo.space import SpaceError, load_space
+
+    study = Path(study)
+    board = read_leaderboard(study)
+    meta_path = study / "study.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        space = load_space(study / "space.py")
+    except SpaceError:
+        space = None
+    metric = space.metric if space else str(board.columns[4])
+    mode = space.mode if space else ("min" if metric.endswith("loss") else "max")
+    epochs = pd.read_csv(study / "epochs.csv") if (study / "epochs.csv").is_file() else None
+    ctx = dict(study=study, board=board, meta=meta, space=space, metric=metric, mode=mode,
+               epochs=epochs)
+    found = _guard(_importances, ctx)  # (importances, html), or the sentence why there are none
+    ctx["importances"], importance = found if isinstance(found, tuple) else (None, found)
+    sections = [
+        ("Learning curves", _guard(_curves, ctx)),
+        ("Best so far against wall time", _guard(_best_so_far, ctx)),
+        (f"{metric} against trainable parameters", _guard(_pareto, ctx)),
+        ("Hyperparameter importance", importance),
+        ("Slices of the most important dimensions", _guard(_slices, ctx)),
+        (f"Leaderboard (top {TOP})", _guard(_top_table, ctx)),
+        ("Final test results", _guard(_final, ctx)),
+    ]
+    body = _guard(_header, ctx) + "".join(f"<h2>{escape(t)}</h2>\n{h}\n" for t, h in sections)
+    page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>hpo report: {escape(study.name)}</title><style>{CSS}</style></head>\n"
+            f"<body>\n{body}<script>{SCRIPT}</script>\n</body></html>\n")
+    write_atomic(study / "report.html", page)  # a browser never sees half a page
+    return study / "report.html"
+
+
+def pareto_front(df: pd.DataFrame, metric: str, mode: str,
+                 size_col: str = "params") -> pd.DataFrame:
+    """The rows no other row beats (a better `metric` with no larger `size_col`), smallest
+    first; rows missing either value are ignored, and of equal rows only the first is kept."""
+    rows = df.dropna(subset=[metric, size_col])
+    rows = rows[np.isfinite(rows[metric].astype(float))]
+    rows = rows.sort_values([size_col, metric], ascending=[True, mode != "max"], kind="stable")
+    keep, best = [], None
+    for index, value in rows[metric].items():
+        if best is None or (value > best if mode == "max" else value < best):
+            keep.append(index)
+            best = value
+    return rows.loc[keep]
+
+
+def _guard(draw, ctx) -> Any:
+    try:
+        return draw(ctx)
+    except Exception as exc:  # the report is read after the fact: never lose the whole page
+        why = str(exc) if isinstance(exc, _Missing) else f"could not draw this: {exc!r}"
+        return f'<p class="missing">{escape(why)}</p>'
+
+
+def _img(fig: Figure, alt: str) -> str:
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+    return str(v)
+
+
+def _table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _header(ctx) -> str:
+    board, meta, metric = ctx["board"], ctx["meta"], ctx["metric"]
+    counts = board["status"].value_counts()
+    order = [s for s in STATUSES if s in counts] + [s for s in counts.index if s not in STATUSES]
+    best = meta.get("best") or (board.iloc[0].to_dict() if len(board) else {})
+    busy = meta.get("busy_fraction")
+    items = {
+        "space file": f"{meta.get('space', '?')} (copy: space.py)",
+        "data": f"{meta.get('data', '?')} · fingerprint {meta.get('fingerprint', '?')}",
+        "started": meta.get("started", "?"),
+        "wall time": f"{meta['wall_s']:.0f} s" if meta.get("wall_s") else "not finished",
+        "trials": f"{len(board)}: " + ", ".join(f"{counts[s]} {s}" for s in order),
+        "busy": f"{busy:.0%} of the wall time computing" if busy is not None else "?",
+        "best trial": (f"{best['trial_id']} · {metric} {_fmt(best[metric])}"
+                       if pd.notna(best.get(metric)) else "none yet"),
+    }
+    rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items.items())
+    return f"<h1>{escape(ctx['study'].name)}</h1>\n<dl>{rows}</dl>\n"
+
+
+def _need_epochs(ctx) -> pd.DataFrame:
+    e = ctx["epochs"]
+    if e is None or ctx["metric"] not in e or e[ctx["metric"]].notna().sum() == 0:
+        raise _Missing("no epochs reported yet (epochs.csv is empty or missing)")
+    return e.dropna(subset=[ctx["metric"]]).assign(trial_id=lambda d: d["trial_id"].astype(str))
+
+
+def _rungs(ctx) -> tuple[list[float], str]:
+    space, board = ctx["space"], ctx["board"]
+    # ASHA's milestones as search.py sets them up (--max-epochs may have lowered the top); the
+    # one at max_epochs itself is left out, as every trial ends there anyway
+    if space:
+        top = (ctx["meta"].get("options") or {}).get("max_epochs") or space.max_epochs
+        grace, rf = min(space.grace_period, top), space.reduction_factor
+        return ([grace * rf**k for k in range(64) if grace * rf**k < top],
+                f"ASHA rungs (grace {grace}, factor {rf:g})")
+    stopped = board.loc[board["status"] == "stopped", "epochs_trained"].dropna()
+    return sorted(set(stopped)), "where stopped trials ended"
+
+
+def _curves(ctx) -> str:
+    e, board, metric = _need_epochs(ctx), ctx["board"], ctx["metric"]
+    status = dict(zip(board["trial_id"].astype(str), board["status"]))
+    fig = Figure(figsize=(11, 4.2))
+    ax = fig.subplots()
+    rungs, label = _rungs(ctx)
+    for i, r in enumerate(rungs):
+        ax.axvline(r, color="#bbb", ls="--", lw=1, label=None if i else label)
+    for tid, g in e.sort_values("epoch", kind="stable").groupby("trial_id", sort=False):
+        done = status.get(tid) == "completed"
+        ax.plot(g["epoch"], g[metric], marker=".", lw=1.2, color=DONE if done else FADED,
+                alpha=0.8 if done else 0.35)
+    best = str(board.iloc[0]["trial_id"]) if pd.notna(board.iloc[0][metric]) else None
+    g = e[e["trial_id"] == best].sort_values("epoch")
+    if len(g):
+        ax.plot(g["epoch"], g[metric], marker="o", lw=2.5, color=BEST, label=f"best: {best}")
+    ax.plot([], [], color=DONE, label="completed")
+    ax.plot([], [], color=FADED, label="stopped by ASHA, failed or running")
+    ax.set(xlabel="epoch", ylabel=metric)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return _img(fig, f"{metric} per epoch of every trial")
+
+
+def _best_so_far(ctx) -> str:
+    e, metric, meta = _need_epochs(ctx), ctx["metric"], ctx["meta"]
+    e = e.dropna(subset=["t_end"]).sort_values("t_end")
+    if e.empty:
+        raise _Missing("no epoch has an end time (t_end) yet")
+    try:
+        t0 = datetime.fromisoformat(meta["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        t0 = float(e["t_start"].min())
+    t, y = e["t_end"].to_numpy(float) - t0, e[metric].to_numpy(float)
+    best = np.maximum.accumulate(y) if ctx["mode"] == "max" else np.minimum.accumulate(y)
+    end = max(float(meta.get("wall_s") or 0), t[-1])
+    fig = Figure(figsize=(11, 3.5))
+    ax = fig.subplots()
+    ax.scatter(t, y, s=10, color=FADED, alpha=0.6, label="every epoch")
+    ax.step(np.append(t, end), np.append(best, best[-1]), where="post", color=BEST, lw=2,
+            label="best so far")
+    ax.set(xlabel="seconds since the study started (Ray's start-up included)", ylabel=metric,
+           xlim=(0, end * 1.02))
+    return _img(fig, f"best {metric} so far against wall time")
+
+
+def _pareto(ctx) -> str:
+    board, metric = ctx["board"], ctx["metric"]
+    rows = board.dropna(subset=[metric, "params"])
+    rows = rows[rows["params"] > 0]
+    if rows.empty:
+        raise _Missing("no trial has both a value and a parameter count yet")
+    front = pareto_front(rows, metric, ctx["mode"])
+    fig = Figure(figsize=(11, 4))
+    ax = fig.subplots()
+    done = rows["status"] == "completed"
+    ax.scatter(rows.loc[done, "params"], rows.loc[done, metric], color=DONE, label="completed")
+    ax.scatter(rows.loc[~done, "params"], rows.loc[~done, metric], color=FADED, alpha=0.5,
+               label="stopped or failed (its best epoch)")
+    ax.step(front["params"], front[metric], where="post", color=BEST, lw=1.5, label="Pareto front")
+    ax.scatter(front["params"], front[metric], s=70, facecolors="none", edgecolors=BEST)
+    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel=metric)
+    cols = ["rank", "trial_id", "point", "status", metric, "params"]
+    return (_img(fig, f"{metric} against parameters") + "<p>On the Pareto front (no other trial "
+            f"has a better {escape(metric)} with as few parameters):</p>" + _table(front[cols]))
+
+
+def _importances(ctx) -> tuple[dict[str, float] | None, str]:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, db = ctx["study"], ctx["study"] / "study.db"
+    url = f"sqlite:///{db.resolve()}" if db.is_file() else (
+        ctx["meta"].get("options") or {}).get("storage")  # `hpo search --storage`
+    if not url:
+        raise _Missing("no importances: the folder has no study.db")
+    names = optuna.get_all_study_names(url)
+    # the study is named after the folder; a renamed folder still holds just the one study
+    stored = optuna.load_study(storage=url, study_name=study.name
+                               if study.name in names or len(names) != 1 else names[0])
+    done = [(t, t.value) for t in stored.get_trials(states=(TrialState.COMPLETE,))]
+    note, n_complete = "", len(done)
+    if n_complete < MIN_COMPLETE:
+        # Optuna's evaluators read COMPLETE trials only (`target=` changes the value, not which
+        # trials count), so ASHA-stopped ones join a copy as COMPLETE, at their last value
+        done += [(t, t.intermediate_values[max(t.intermediate_values)])
+                 for t in stored.get_trials(states=(TrialState.PRUNED,)) if t.intermediate_values]
+        if len(done) > n_complete:
+            note = (f"Only {n_complete} trials completed, so {len(done) - n_complete} stopped "
+                    "by ASHA count too, at their last epoch's value. ")
+    # a starting point is hand-picked, not drawn from the space: its values outside a
+    # dimension's range are absent, and it says nothing about the space around it
+    points = sum(bool(t.user_attrs.get("hpo_point")) for t, _ in done)
+    done = [(t, v) for t, v in done if not t.user_attrs.get("hpo_point") and math.isfinite(v)]
+    # fANOVA needs every dimension in every trial: conditional ones (`when=`) absent from some
+    # trials are left out, the rest are assessed over all trials
+    seen = {p for t, _ in done for p in t.params}
+    params = sorted(set.intersection(*(set(t.params) for t, _ in done))) if done else []
+    if len(done) < MIN_TRIALS or not params:
+        raise _Missing(f"no importances yet: {len(done)} finished trials (starting points "
+                       f"aside), and at least {MIN_TRIALS} are needed")
+    copy = optuna.create_study(direction=stored.direction)
+    copy.add_trials([create_trial(params={p: t.params[p] for p in params}, value=v,
+                                  distributions={p: t.distributions[p] for p in params})
+                     for t, v in done])
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        note = "Optuna's fANOVA (seed 0). " + note
+    except ImportError:  # fANOVA's random forest is scikit-learn's
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        note = "PED-ANOVA: fANOVA needs scikit-learn, which is not installed. " + note
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "few trials per region": the note says how many
+        imp = optuna.importance.get_param_importances(copy, evaluator=evaluator)
+    note += f"From {len(done)} trials" + (f" (starting points left out: {points})." if points
+                                          else ".")
+    if absent := sorted(seen - set(params)):
+        note += f" Not assessed (absent from some trials): {', '.join(absent)}."
+    imp = {k: float(v) for k, v in imp.items()}
+    return imp, _bars(imp) + f"<p>{escape(note)}</p>"
+
+
+def _bars(imp: dict[str, float]) -> str:
+    names = list(imp)[::-1]  # most important on top
+    fig = Figure(figsize=(7, 0.35 * len(names) + 1))
+    ax = fig.subplots()
+    ax.barh(names, [imp[n] for n in names], color=DONE)
+    ax.set(xlabel="importance (shares summing to 1)")
+    return _img(fig, "hyperparameter importances")
+
+
+def _slices(ctx) -> str:
+    board, metric, space = ctx["board"], ctx["metric"], ctx["space"]
+    searched = space.searched() if space else {}
+    dims = ctx["importances"] or searched or _varying(ctx)
+    dims = [d for d in dims if d in board and board[d].notna().any()]
+    rows = board.dropna(subset=[metric])
+    if not dims or rows.empty:
+        raise _Missing("nothing to slice yet: no trial has a value, or no dimension is known")
+    fig = Figure(figsize=(11, 3))
+    axes = fig.subplots(1, len(dims[:4]), sharey=True, squeeze=False)[0]
+    rng = np.random.default_rng(0)
+    for ax, dim in zip(axes, dims[:4]):
+        r, d = rows.dropna(subset=[dim]), searched.get(dim)
+        values = r[dim]
+        if hasattr(d, "values") or values.dtype.kind not in "if":  # categorical: jittered slots
+            cats = [_fmt(v) for v in getattr(d, "values", ())]
+            cats += sorted({_fmt(v) for v in values} - set(cats))
+            x = np.array([cats.index(_fmt(v)) for v in values]) + rng.uniform(-.12, .12, len(r))
+            ax.set_xticks(range(len(cats)), cats)
+        else:
+            x = values.to_numpy(float)
+            ax.set_xscale("log" if getattr(d, "log", False) else "linear")
+            if hasattr(d, "step") and not d.log:  # an IntRange: whole-number ticks
+                ax.xaxis.get_major_locator().set_params(integer=True)
+        done = (r["status"] == "completed").to_numpy()
+        ax.scatter(x[done], r[metric][done], s=18, color=DONE)
+        ax.scatter(x[~done], r[metric][~done], s=18, color=FADED, alpha=0.5)
+        ax.set_xlabel(dim)
+    axes[0].set_ylabel(metric)
+    return _img(fig, f"{metric} against each of {', '.join(dims[:4])}")
+
+
+def _top_table(ctx) -> str:
+    board, shown = ctx["board"], (*FIXED, ctx["metric"])
+    if board.empty:
+        raise _Missing("no trials yet")
+    fixed = [c for c in board.columns if c in shown and board[c].notna().any()]
+    return _table(board.head(TOP)[fixed + _varying(ctx)])
+
+
+def _varying(ctx) -> list[str]:
+    """The hyperparameters that differ between trials, not the dozens of constant ones."""
+    board, shown = ctx["board"], (*FIXED, ctx["metric"])
+    return [c for c in board.columns if c not in shown and board[c].nunique(dropna=False) > 1]
+
+
+def _final(ctx) -> str:
+    path = ctx["study"] / "final" / "results.json"
+    if not path.is_file():
+        raise _Missing(f"no final retrain yet (run hpo train {ctx['study']})")
+    res = json.loads(path.read_text())
+    # hpo train writes the tuned config's results at the top level, each starting point's
+    # under its name; a seed that failed to train has test_acc NaN
+    runs = {**({"tuned config": res} if "test_acc" in res else {}),
+            **(res.get("starting_points") or {})}
+    rows = [{"config": name, "test_acc mean": r.get("mean"), "std": r.get("std"),
+             "per seed": ", ".join(_fmt(float(v)) or "failed" for v in r.get("test_acc", []))}
+            for name, r in runs.items()]
+    seeds = ", ".join(map(str, res.get("seeds", [])))
+    return (f"<p>Retrained and tested on the test split, seeds {escape(seeds)}:</p>"
+            + _table(pd.DataFrame(rows)))

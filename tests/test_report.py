@@ -1,0 +1,193 @@
+"""The study report: one offline HTML page with embedded PNGs, from a study folder built by hand
+(no Ray): leaderboard.csv and epochs.csv via Leaderboard, study.json, space.py, study.db."""
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from hpo.leaderboard import Leaderboard, write_json
+from hpo.report import pareto_front, write_report
+from hpo.space import load_space
+
+TINY = Path(__file__).parent / "spaces" / "tiny.py"
+CHROMIUM = Path("/usr/bin/chromium")
+PNG = b"\x89PNG\r\n\x1a\n"
+STARTED = 1_700_000_000.0
+
+
+def make_study(root: Path, name: str = "toy", n: int = 12) -> Path:
+    """A finished study of the tiny space: trial 0 is its starting point, every third trial is
+    stopped by ASHA after epoch 1 (PRUNED in Optuna), the last is infeasible (FAIL)."""
+    study = root / name
+    study.mkdir(parents=True)
+    shutil.copyfile(TINY, study / "space.py")
+    space = load_space(study / "space.py")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stored = optuna.create_study(study_name=name, storage=f"sqlite:///{study}/study.db",
+                                 direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    stored.enqueue_trial({}, user_attrs={"hpo_point": "too-slow"})
+    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
+    clock = STARTED + 5
+    for i in range(n):
+        trial = stored.ask()
+        config = space.sample(trial)
+        tid = f"t{i:02d}"
+        board.start(tid, config)
+        if i == n - 1 and i > 0:
+            board.result(tid, {"epoch": 0, "status": "infeasible", "reason": "too <deep> & wide"})
+            board.finish(tid)
+            stored.tell(trial, state=TrialState.FAIL)
+            continue
+        rate = max(0.0, 1 - abs(math.log10(config["lr"]) + 2) / 2)  # lr near 1e-2 learns best
+        epochs, values = (1 if i % 3 == 2 else 4), []
+        for e in range(1, epochs + 1):
+            v = round(min(1.0, 0.1 + 0.2 * e * rate + 0.01 * i), 4)
+            trial.report(v, e)
+            values.append(v)
+            board.result(tid, {"epoch": e, "val_acc": v, "val_loss": 2 - v, "train_loss": 2 - v,
+                               "img_per_s": 1000.0, "t_start": clock, "t_end": clock + 1,
+                               "node": "n1", "data": "fp", "decoded": 0,
+                               "params": 1000 * (i % 5 + 1)})
+            clock += 1
+        board.finish(tid)
+        if epochs == 4:
+            stored.tell(trial, max(values))  # as HpoSearch tells it: the best epoch's value
+        else:
+            stored.tell(trial, state=TrialState.PRUNED)
+    board.write()
+    best = board.best()
+    write_json(study / "study.json", {
+        "space": str(TINY), "data": "/data/<toy>", "fingerprint": "abc123", "options": {},
+        "started": pd.Timestamp(STARTED, unit="s", tz="UTC").isoformat(),
+        "finished": pd.Timestamp(clock, unit="s", tz="UTC").isoformat(),
+        "wall_s": clock - STARTED, "busy_fraction": 0.8,
+        "best": best and {"trial_id": best["trial_id"], "val_acc": best["val_acc"]}})
+    return study
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    study = make_study(tmp_path_factory.mktemp("report"))
+    path = write_report(study)
+    return path, path.read_text()
+
+
+def images(html: str) -> list[str]:
+    return re.findall(r'<img [^>]*src="([^"]*)"', html)
+
+
+def test_every_plot_is_an_embedded_png(report):
+    path, html = report
+    assert path.name == "report.html"
+    srcs = images(html)
+    # learning curves, best so far, metric against params, importances, slices
+    assert len(srcs) == 5 == html.count("<img")
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True).startswith(PNG)
+    assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
+
+
+def test_sections_header_and_escaping(report):
+    _, html = report
+    for heading in ("Learning curves", "Best so far against wall time",
+                    "val_acc against trainable parameters", "Hyperparameter importance",
+                    "Slices of the most important dimensions", "Leaderboard (top 15)",
+                    "Final test results"):
+        assert f"<h2>{heading}</h2>" in html
+    assert "12: 8 completed, 3 stopped, 1 infeasible" in html
+    assert "fingerprint abc123" in html and "/data/&lt;toy&gt;" in html
+    assert "too &lt;deep&gt; &amp; wide" in html and "<deep>" not in html
+    assert "no final retrain yet (run hpo train" in html
+    assert "On the Pareto front" in html
+    # conditional dimensions are named, the starting point is left out, stopped trials counted
+    assert re.search(r"Not assessed \(absent from some trials\): [^<]*convs_2", html)
+    assert "(starting points left out: 1)" in html and "3 stopped by ASHA count too" in html
+
+
+def test_top_table_shows_varying_hyperparameters_only(report):
+    _, html = report
+    table = html.split("<h2>Leaderboard (top 15)</h2>")[1].split("</table>")[0]
+    header = re.findall(r"<th>([^<]*)</th>", table)
+    assert header[:5] == ["rank", "trial_id", "point", "status", "val_acc"]
+    assert "lr" in header and "optimizer" in header
+    assert "batch_size" not in header and "epochs" not in header  # constants
+    assert table.count("<tr>") == 13  # the header and 12 trials
+
+
+def test_pareto_front_on_a_hand_made_frame():
+    df = pd.DataFrame({"trial_id": list("abcdefg"),
+                       "params": [100, 200, 200, 300, 400, 50, 500],
+                       "val_acc": [0.5, 0.6, 0.7, 0.7, 0.9, None, 0.8]})
+    front = pareto_front(df, "val_acc", "max")
+    assert list(front["trial_id"]) == ["a", "c", "e"]  # b: c as small and better; d: tie
+    df["val_loss"] = [1.0, 0.8, 0.9, 0.8, 0.5, None, 0.6]
+    front = pareto_front(df, "val_loss", "min", size_col="params")
+    assert list(front["trial_id"]) == ["a", "b", "e"]
+    assert pareto_front(df.iloc[:0], "val_acc", "max").empty
+
+
+def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path):
+    study = tmp_path / "bare"
+    study.mkdir()
+    Leaderboard(study / "leaderboard.csv", "val_acc", "max").write()  # as a search starts
+    (study / "final").mkdir()
+    (study / "final" / "results.json").write_text(json.dumps({
+        "config": {"lr": 0.01}, "seeds": [0, 1, 2], "test_acc": [0.9, 0.91, 0.92],
+        "mean": 0.91, "std": 0.01,
+        "starting_points": {"<basenet>": {"test_acc": [0.8, 0.82, math.nan], "mean": 0.81,
+                                          "std": 0.01}}}))
+    html = write_report(study).read_text()
+    assert "<img" not in html
+    assert "no epochs reported yet" in html and "no study.db" in html
+    assert "no trials yet" in html and "none yet" in html
+    final = html.split("<h2>Final test results</h2>")[1]
+    assert "tuned config" in final and "0.91" in final and "0.9, 0.91, 0.92" in final
+    assert "&lt;basenet&gt;" in final and "0.81" in final and "0.82, failed" in final
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Four trials: two completed, one stopped, one infeasible."""
+    return make_study(tmp_path_factory.mktemp("small"), n=4)
+
+
+def test_too_few_trials_for_importances_says_why(small):
+    html = write_report(small).read_text()
+    section = html.split("<h2>Hyperparameter importance</h2>")[1].split("<h2>")[0]
+    assert "<img" not in section and "no importances yet: 2 finished trials" in section
+    # the slices fall back to the first searched dimensions
+    assert 'alt="val_acc against each of stages, convs_1, ' in html
+
+
+def test_report_imports_no_ray(small):
+    code = ("import sys; from hpo.report import write_report; write_report(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
+    out = subprocess.run([sys.executable, "-c", code, str(small)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_images_load_in_headless_chromium(report, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    path, html = report
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=5000", "--dump-dom", path.resolve().as_uri()]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    body = re.search(r"<body[^>]*>", run.stdout)
+    assert body, f"chromium dumped no DOM: {run.stderr[-2000:]}"
+    assert 'data-images-loaded="true"' in body.group(0)
+    assert f'data-images="{html.count("<img")}"' in body.group(0)
