@@ -1,12 +1,14 @@
 """The trial function, called directly: no Ray, a list as its report callback."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hpo.config import complete
 from hpo.data import Dataset
+from hpo.space import load_space, random_configs
 from hpo.train import lr_factor, run_trial
 
 KEYS = {"epoch", "epochs", "val_acc", "val_loss", "train_loss", "img_per_s", "params", "status"}
@@ -79,3 +81,38 @@ def test_schedules_start_warm_and_stay_bounded(schedule):
     factors = [lr_factor(config, s, 10) for s in range(100)]
     assert factors[0] == pytest.approx(0.1)  # warmup starts low
     assert all(0 <= f <= 1 and math.isfinite(f) for f in factors)
+
+
+def test_imagefolder_space_trains_on_grayscale_images_of_another_size(tmp_path):
+    # the adaptation a user makes lives in the space file: size and channels, nothing in hpo/
+    from conftest import write_image_folder
+
+    from hpo.data import load_dataset
+
+    space = load_space(Path(__file__).parents[1] / "spaces/imagefolder.py")
+    folder = write_image_folder(tmp_path / "imgs", n_per_class=12, size=(40, 30), channels=1,
+                                num_classes=3)
+    data = load_dataset(folder, image_size=space.image_size, channels=space.channels,
+                        val_fraction=space.val_fraction, cache_dir=tmp_path / "cache")
+    assert data.image_shape == (1, space.image_size, space.image_size)
+    for config in random_configs(space, 4, seed=3):
+        config.update(epochs=1, batch_size=8)
+        assert run_trial(config, data, lambda *a, **k: None)["status"] == "completed"
+
+
+OTHER = [(n, v) for n, d in load_space(Path(__file__).parents[1] / "spaces/cifar10.py")
+         .searched().items()
+         for v in (list(d.values) if hasattr(d, "values") else [d.low, d.high])
+    if n.startswith(("aug_", "normalize", "optimizer", "lr", "momentum", "nesterov",
+                     "weight_decay", "label_smoothing", "batch_size", "schedule",
+                     "warmup_epochs", "step_every", "plateau_patience"))]
+
+
+@pytest.mark.parametrize("name, value", OTHER, ids=[f"{n}={v}" for n, v in OTHER])
+def test_every_training_and_augmentation_value_trains(name, value):
+    # architecture values are covered in test_model; these go through the whole trial
+    config = complete({"stages": 1, "width": 4, "epochs": 2, "batch_size": 8, name: value})
+    if name == "batch_size":
+        config["batch_size"] = min(value, 16)
+    final = run_trial(config, dataset(n=24), lambda *a, **k: None)
+    assert final["status"] == "completed" and math.isfinite(final["train_loss"])
