@@ -28,7 +28,8 @@ def cmd_search(args) -> int:
     from hpo.search import SearchOptions, StudyError, run_search
 
     options = SearchOptions(
-        data=args.data, trials=args.trials, max_epochs=args.max_epochs, name=args.name,
+        data=args.data, trials=args.trials, max_epochs=args.max_epochs,
+        grace_period=args.grace_period, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         fraction=args.fraction, address=args.address, storage_path=args.storage_path,
         fresh=args.fresh, storage=args.storage,
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders")
     p.add_argument("--trials", type=int, help="trials to run (overrides the space file)")
     p.add_argument("--max-epochs", type=int, help="epochs of a full trial; ASHA's max_t")
+    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
     p.add_argument("--name", help="study name (default: the space file's name); an existing "
                    "study of that name is resumed")
     p.add_argument("--fresh", action="store_true",

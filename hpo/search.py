@@ -50,6 +50,7 @@ class SearchOptions:
     data: str | None = None
     trials: int | None = None
     max_epochs: int | None = None
+    grace_period: int | None = None
     name: str | None = None
     gpus_per_trial: float | None = None  # default: 0.25 when the cluster has GPUs
     cpus_per_trial: float = 1.0
@@ -223,6 +224,10 @@ def _prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path
     if options.max_epochs is not None:
         space = dataclasses.replace(space, max_epochs=options.max_epochs,
                                     grace_period=min(space.grace_period, options.max_epochs))
+    if options.grace_period is not None:
+        if not 1 <= options.grace_period <= space.max_epochs:
+            raise ValueError(f"--grace-period must be in 1..{space.max_epochs}")
+        space = dataclasses.replace(space, grace_period=options.grace_period)
     source = options.data or space.data
     if not source:
         raise ValueError(f"{space.path}: no data: pass --data or set `data` in the space file")
