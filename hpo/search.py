@@ -307,6 +307,11 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
     else:
         ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
+        machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+        if len(machines) > 1 and not options.storage_path:
+            console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
+                          "machines other than this one cannot write to the study folder here. "
+                          "Pass --storage-path with a shared path or s3://bucket/prefix.")
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"cpu": options.cpus_per_trial}
         slots = ray.cluster_resources().get("CPU", 1) // options.cpus_per_trial
