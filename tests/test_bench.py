@@ -1,0 +1,57 @@
+"""bench/throughput.py and bench/packing.py run end to end in their --small CPU form.
+
+Only that they run and print their figures: no timing is asserted, since speed on a shared CI
+machine says nothing about the code. A generated dataset keeps each run to a few seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_parquet_dataset
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_parquet_dataset(tmp_path_factory.mktemp("bench_data"), n_train=400, n_test=0)
+
+
+def run(script: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / script), "--small", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_throughput_small_prints_both_rates_and_their_ratio(data, tmp_path):
+    # basenet and 360 images: both paths take a second or two on 2 cores
+    out = tmp_path / "throughput.json"
+    done = run("throughput.py", "--net", "basenet", "--data", str(data), "--fraction", "1",
+               "--device", "cpu", "--json", str(out), tmp_path=tmp_path)
+    assert "ratio:" in done.stdout and "engine:" in done.stdout, done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["engine_img_per_s"] > 0 and figures["dataloader_img_per_s"] > 0
+    assert figures["dataloader_steady_img_per_s"] > 0 and figures["ratio"] > 0
+    assert figures["net"] == "basenet" and figures["params"] == 23432
+
+
+def test_packing_small_runs_k_1_and_2(data, tmp_path):
+    # the VGG-style net is slow on a CPU: 36 images in batches of 16, so 2 steps per trial
+    out = tmp_path / "packing.json"
+    done = run("packing.py", "--data", str(data), "--fraction", "0.1", "--batch-size", "16",
+               "--device", "cpu", "--json", str(out), tmp_path=tmp_path)
+    assert "k=1:" in done.stdout and "k=2:" in done.stdout and "ratio" in done.stdout, done.stdout
+    figures = json.loads(out.read_text())
+    assert [r["k"] for r in figures["runs"]] == [1, 2]
+    for r in figures["runs"]:
+        assert r["aggregate_img_per_s"] > 0 and r["images"] == r["k"] * 32
+        assert r["ratio_to_k1"] > 0 and r["peak_mib"] == [None] * r["k"]
