@@ -143,7 +143,8 @@ def cmd_show(args) -> int:
     points.add_column("trainable parameters", justify="right")
     for name in space.starting_points:
         try:
-            n = f"{count_parameters(build_model(complete(space.point(name)), shape, args.classes)):,}"
+            model = build_model(complete(space.point(name)), shape, args.classes)
+            n = f"{count_parameters(model):,}"
         except Infeasible as exc:
             n = f"infeasible: {exc}"
         points.add_row(name, n)

@@ -37,8 +37,8 @@ def retrain(config: Mapping[str, Any], data: Dataset, seeds: Sequence[int], out:
     out.mkdir(parents=True, exist_ok=True)
     full = data.train_and_val()
     runs = []
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), console=console)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
     with bar:
         for seed in seeds:
             task = bar.add_task(f"{name} seed {seed}", total=config["epochs"], info="")

@@ -18,7 +18,8 @@ class Infeasible(ValueError):
 
 
 def conv_width(config: Mapping[str, Any], s: int, c: int) -> int:
-    """Channels of conv `c` of stage `s` (both 1-based): width_s_c, else width_s, else width*growth^(s-1)."""
+    """Channels of conv `c` of stage `s` (both 1-based): `width_s_c`, else `width_s`, else
+    `width * growth**(s-1)`."""
     explicit = config.get(f"width_{s}_{c}", config.get(f"width_{s}"))
     if explicit is not None:
         return int(explicit)
@@ -52,7 +53,8 @@ class Residual(nn.Module):
         return y + s
 
 
-def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
+                num_classes: int) -> nn.Module:
     """An nn.Sequential for inputs of shape `in_shape` = (C, H, W) and `num_classes` outputs.
 
     Raises Infeasible when the stack of valid convs and pools would shrink the image

@@ -33,8 +33,15 @@ from hpo.data import Dataset, decode_count, load_dataset
 from hpo.leaderboard import Leaderboard, write_json
 from hpo.progress import Progress, output_to
 from hpo.space import Space
-from hpo.study import (busy_fraction, check_resumable, choose_folder, now, read_meta, versions,
-                       write_meta)
+from hpo.study import (
+    busy_fraction,
+    check_resumable,
+    choose_folder,
+    now,
+    read_meta,
+    versions,
+    write_meta,
+)
 
 TERMINAL = ("infeasible", "diverged", "oom")
 

@@ -174,7 +174,8 @@ class Space:
         its value: what Optuna records for it, so TPE learns from the point as from any trial."""
         point = self.point(name)
         return {k: point[k] for k, dim in self.searched().items()
-                if k in point and (dim.when is None or dim.when(point)) and _contains(dim, point[k])}
+                if k in point and (dim.when is None or dim.when(point))
+                and _contains(dim, point[k])}
 
     def searched(self) -> dict[str, Dimension]:
         return {k: v for k, v in self.dimensions.items() if _is_dim(v)}

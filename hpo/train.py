@@ -171,7 +171,8 @@ def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
 
 def _train(config, data, report, model, device, cuda, generator, base, stop) -> dict[str, Any]:
     dev = to_device(data, device)
-    model = model.to(device, memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    layout = torch.channels_last if cuda else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
     # augment and normalise in bf16 on the GPU (half the memory traffic); batch shapes are
     # fixed, so cuDNN's autotuner pays for itself after the first steps
     dtype = torch.bfloat16 if cuda else torch.float32

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import write_parquet_dataset
 
 pytestmark = pytest.mark.slow

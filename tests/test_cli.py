@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import write_parquet_dataset
 
 ROOT = Path(__file__).parents[1]

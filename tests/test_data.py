@@ -9,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (class_names, make_images, write_image_folder, write_parquet_dataset,
-                      write_parquet_split)
 from PIL import Image
 
+from conftest import (
+    class_names,
+    make_images,
+    write_image_folder,
+    write_parquet_dataset,
+    write_parquet_split,
+)
 from hpo import data
 from hpo.data import DataError, Dataset, channel_stats, decode_count, load_dataset
 

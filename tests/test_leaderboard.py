@@ -10,7 +10,8 @@ from hpo.leaderboard import FIXED, Leaderboard, config_at_rank, read_leaderboard
 
 def board_with_trials(tmp_path, mode="max"):
     board = Leaderboard(tmp_path / "leaderboard.csv", "val_acc", mode)
-    for tid, values, epochs in [("a", [0.5, 0.6], 4), ("b", [0.7], 4), ("c", [0.3, 0.4, 0.9, 0.8], 4)]:
+    trials = [("a", [0.5, 0.6], 4), ("b", [0.7], 4), ("c", [0.3, 0.4, 0.9, 0.8], 4)]
+    for tid, values, epochs in trials:
         board.start(tid, {"epochs": epochs, "lr": 0.1, "stages": 2, "convs_1": 1, "convs_2": 2})
         for e, v in enumerate(values, 1):
             board.result(tid, {"epoch": e, "val_acc": v, "params": 100, "img_per_s": 10.0})

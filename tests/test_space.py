@@ -10,7 +10,7 @@ from hpo.config import check_config
 from hpo.space import SpaceError, load_space, random_configs
 
 ROOT = Path(__file__).parents[1]
-SPACE_FILES = sorted((ROOT / "spaces").glob("*.py")) + [ROOT / "tests/spaces/tiny.py"]
+SPACE_FILES = sorted((ROOT / "spaces").glob("*.py")) + sorted((ROOT / "tests/spaces").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.name)

@@ -86,7 +86,6 @@ def test_schedules_start_warm_and_stay_bounded(schedule):
 def test_imagefolder_space_trains_on_grayscale_images_of_another_size(tmp_path):
     # the adaptation a user makes lives in the space file: size and channels, nothing in hpo/
     from conftest import write_image_folder
-
     from hpo.data import load_dataset
 
     space = load_space(Path(__file__).parents[1] / "spaces/imagefolder.py")

@@ -2,22 +2,15 @@
 (tests/test_multinode.py): 9 epochs, ASHA rungs at 3 and 9, so a trial that has reported
 one or two epochs is sure to train on for a while."""
 
-from hpo.space import choice, intrange, loguniform, stage
+from pathlib import Path
 
-metric, mode = "val_acc", "max"
+from hpo.space import load_space
+
+tiny = load_space(Path(__file__).with_name("tiny.py"))  # a space file may build on another
+
+metric, mode = tiny.metric, tiny.mode
 trials = 10
 max_epochs = 9
 grace_period = 3
 reduction_factor = 3
-
-dimensions = {
-    "stages": intrange(1, 2),
-    **{f"convs_{s}": intrange(1, 2, when=stage(s)) for s in (1, 2)},
-    "width": choice([8, 16]),
-    "optimizer": choice(["sgd", "adam"]),
-    "lr": loguniform(1e-3, 0.1),
-    "momentum": choice([0.0, 0.9], when=lambda c: c["optimizer"] == "sgd"),
-    "aug_flip": choice([True, False]),
-    "batch_size": 64,
-    "epochs": max_epochs,
-}
+dimensions = {**tiny.dimensions, "epochs": max_epochs}
