@@ -8,7 +8,6 @@ dimensions need fewer trials: fix what you already know by writing a plain value
 
 from hpo.space import choice, dense, intrange, loguniform, stage, uniform
 
-
 metric, mode = "val_acc", "max"
 trials = 64  # configs to start; ASHA stops most of them early
 max_epochs = 30  # a full trial; also ASHA's max_t
