@@ -124,6 +124,15 @@ class Leaderboard:
             status = "completed" if done else "stopped"
         row["status"], row["reason"] = status, reason or row.get("reason", "")
 
+    def finished_results(self) -> dict[str, dict[str, Any]]:
+        """For each trial that has ended, the result that says so: what a resumed study
+        replays to Ray instead of training the trial again."""
+        return {tid: {"epoch": row.get("epochs_trained", 0),
+                      "epochs": row["config"].get("epochs", 0),
+                      self.metric: row.get(self.metric), "status": row["status"],
+                      "reason": row.get("reason", "")}
+                for tid, row in self.rows.items() if row["status"] not in ("running", "failed")}
+
     def frame(self) -> pd.DataFrame:
         """The leaderboard as a DataFrame: fixed columns, the metric, then the config keys."""
         rows = sorted(self.rows.values(), key=self._sort_key)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -133,27 +135,36 @@ class HpoSearch(OptunaSearch):
         self._space = space
 
 
-def _trainable(config: dict, data: Dataset, metric: str, mode: str) -> None:
+def _trainable(config: dict, data: Dataset, metric: str, mode: str,
+               finished: dict[str, dict] | None = None) -> None:
     """Ray's side of a trial: run_trial with a report that forwards to Tune, and a checkpoint
-    of the weights whenever the metric improves (Tune keeps the best one)."""
+    of the weights whenever the metric improves (Tune keeps the best one).
+
+    `finished` holds the last result of trials a resumed study already finished: Tune's
+    experiment snapshot can predate their end, and they must not train again, so such a
+    trial only reports its result once more.
+    """
+    replay = (finished or {}).get(tune.get_context().get_trial_id())
+    if replay is not None:
+        tune.report(replay)
+        return
     # the IP names the machine; the node id tells apart two raylets on one machine
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
     best = [None]
 
     def report(metrics: dict, model=None) -> None:
+        metrics = {**metrics, "node": node, "data": data.fingerprint, "decoded": decode_count()}
         value = metrics.get(metric)
-        checkpoint = None
-        if model is not None and value is not None and math.isfinite(value) and (
-            best[0] is None or (value > best[0] if mode == "max" else value < best[0])
+        if model is None or value is None or not math.isfinite(value) or (
+            best[0] is not None and (value <= best[0] if mode == "max" else value >= best[0])
         ):
-            best[0] = value
-            folder = tempfile.mkdtemp(prefix="hpo-ckpt-")
-            import torch
-
+            tune.report(metrics)
+            return
+        best[0] = value
+        # Tune copies the checkpoint to its storage before report returns
+        with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as folder:
             torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
-            checkpoint = tune.Checkpoint.from_directory(folder)
-        tune.report({**metrics, "node": node, "data": data.fingerprint,
-                     "decoded": decode_count()}, checkpoint=checkpoint)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     train.run_trial(config, data, report)
 
@@ -161,8 +172,10 @@ def _trainable(config: dict, data: Dataset, metric: str, mode: str) -> None:
 class _StudyCallback(tune.Callback):
     """Driver-side observer: feeds the leaderboard and the progress view."""
 
-    def __init__(self, board: Leaderboard, progress: Progress | None):
+    def __init__(self, board: Leaderboard, progress: Progress | None,
+                 replayed: frozenset[str] = frozenset()):
         self.board, self.progress = board, progress
+        self.replayed = replayed  # finished trials that a resume only replays: rows stay as is
         self.intervals: list[tuple[float, float]] = []  # wall-clock spans trials computed
         self._last_write = 0.0
 
@@ -184,16 +197,22 @@ class _StudyCallback(tune.Callback):
                                                    best["config"].get("point", "")))
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.replayed:
+            return
         self.board.start(trial.trial_id, trial.config)
         self._refresh(force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id in self.replayed:
+            return
         self.board.result(trial.trial_id, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.replayed:
+            return
         self.board.finish(trial.trial_id)
         self._refresh(force=True)
 
@@ -309,6 +328,10 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
     # A trial checkpoints when its metric improves, which forces Tune's experiment snapshots;
     # they are small and local, so the warning about them is noise in ray.log.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot Tune's experiment state at every step, not every 10 s or more: a trial started
+    # after the last snapshot is unknown to a resumed run. (A 12-trial study took the same
+    # wall time either way: 18.8 s vs 18.4 s on 2 CPUs.)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if options.address:
         ray.init(address=options.address, log_to_driver=False)
     else:
@@ -326,11 +349,12 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
             per = options.gpus_per_trial or 0.25
             resources["gpu"] = per
             slots = min(slots, int(gpus / per))
+        finished = board.finished_results()
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=data.without_test(), metric=space.metric,
-                                 mode=space.mode), resources)
+                                 mode=space.mode, finished=finished), resources)
         progress = Progress(console, study.name, space.trials, space.metric)
-        callback = _StudyCallback(board, progress)
+        callback = _StudyCallback(board, progress, frozenset(finished))
         experiment = (f"{options.storage_path.rstrip('/')}/{study.name}" if options.storage_path
                       else str(study.resolve() / "ray"))
         if tune.Tuner.can_restore(experiment):
@@ -341,10 +365,14 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
             tuner._local_tuner.get_run_config().callbacks = [callback]
         else:
             tuner = _new_tuner(space, options, study, trainable, callback, slots)
+        handler = signal.getsignal(signal.SIGINT)
         with progress:
             results = tuner.fit()
-        interrupted = len(results) < space.trials or any(
-            r["status"] == "running" for r in board.rows.values())
+        # Tune swaps in its own SIGINT handler for the run and puts ours back only when a
+        # Ctrl-C stopped it: that is how an interrupted run is told from a finished one
+        interrupted = signal.getsignal(signal.SIGINT) is handler and not int(
+            os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+        signal.signal(signal.SIGINT, handler)
         if not interrupted:
             _close_stragglers(board, options, study)
         board.write()

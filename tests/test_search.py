@@ -129,3 +129,16 @@ def test_report_command_writes_the_html_report(study):
     assert out.returncode == 0, out.stderr[-2000:]
     html = (folder / "report.html").read_text()
     assert html.count("<img") >= 4 and "Learning curves" in html
+
+
+def test_best_weights_load_safely_into_the_best_config(study, tiny_parquet):
+    import torch
+
+    from hpo.model import build_model
+
+    _, folder, _, _ = study
+    config = json.loads((folder / "best.json").read_text())
+    data = load_dataset(tiny_parquet)
+    model = build_model(config, data.image_shape, data.num_classes)
+    # weights_only: a checkpoint is data, never code to run
+    model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
