@@ -59,16 +59,19 @@ def _config_columns(keys) -> list[str]:
 class Leaderboard:
     """Rows of a running study, keyed by trial id; `write()` publishes them as CSV."""
 
-    def __init__(self, path: Path, metric: str, mode: str):
+    def __init__(self, path: Path, metric: str, mode: str,
+                 others: tuple[tuple[str, str], ...] = ()):
         self.path, self.metric, self.mode = Path(path), metric, mode
+        self.others = tuple(others)  # further objectives: then a `pareto` column marks the front
         self.rows: dict[str, dict[str, Any]] = {}
         self.epochs: list[dict[str, Any]] = []  # every epoch of every trial: the learning curves
         self._started: dict[str, float] = {}
 
     @classmethod
-    def load(cls, path: Path, metric: str, mode: str) -> Leaderboard:
+    def load(cls, path: Path, metric: str, mode: str,
+             others: tuple[tuple[str, str], ...] = ()) -> Leaderboard:
         """The leaderboard a previous run of the study left (empty when there is none)."""
-        board = cls(path, metric, mode)
+        board = cls(path, metric, mode, others)
         configs_path = board.path.parent / "configs.json"
         if not (board.path.is_file() and configs_path.is_file()):
             return board
@@ -146,8 +149,27 @@ class Leaderboard:
             record.update({k: row["config"].get(k) for k in keys if k not in LABELS})
             records.append(record)
         columns = list(FIXED[:4]) + [self.metric] + list(FIXED[4:])
+        if self.others:
+            front = self._pareto(rows)
+            for record, row in zip(records, rows):
+                record["pareto"] = row["trial_id"] in front
+            columns.insert(5, "pareto")
         columns += [k for k in keys if k not in LABELS]
         return pd.DataFrame.from_records(records, columns=columns)
+
+    def _pareto(self, rows) -> set[str]:
+        """Trial ids no other trial beats on every objective (and strictly on one)."""
+        objectives = [(self.metric, self.mode), *self.others]
+
+        def point(row):
+            values = [row.get(m) for m, _ in objectives]
+            if any(v is None for v in values):
+                return None
+            return [-v if mode == "max" else v for v, (_, mode) in zip(values, objectives)]
+
+        points = {r["trial_id"]: p for r in rows if (p := point(r)) is not None}
+        return {tid for tid, p in points.items() if not any(
+            all(a <= b for a, b in zip(q, p)) and q != p for q in points.values())}
 
     def _sort_key(self, row):
         value = row.get(self.metric)

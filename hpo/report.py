@@ -50,14 +50,15 @@ def write_report(study: str | Path) -> Path:
     for importances, no final retrain) becomes a sentence saying so; only a folder without a
     leaderboard.csv raises (FileNotFoundError). Never imports Ray.
     """
-    from hpo.space import SpaceError, load_space
+    from hpo.space import SpaceError
+    from hpo.study import load_study_space
 
     study = Path(study)
     board = read_leaderboard(study)
     meta_path = study / "study.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     try:
-        space = load_space(study / "space.py")
+        space = load_study_space(study)
     except SpaceError:
         space = None
     metric = space.metric if space else str(board.columns[4])
@@ -253,7 +254,8 @@ def _importances(ctx) -> tuple[dict[str, float] | None, str]:
     # the study is named after the folder; a renamed folder still holds just the one study
     stored = optuna.load_study(storage=url, study_name=study.name
                                if study.name in names or len(names) != 1 else names[0])
-    done = [(t, t.value) for t in stored.get_trials(states=(TrialState.COMPLETE,))]
+    # with two objectives the first is the one the leaderboard ranks by
+    done = [(t, t.values[0]) for t in stored.get_trials(states=(TrialState.COMPLETE,))]
     note, n_complete = "", len(done)
     if n_complete < MIN_COMPLETE:
         # Optuna's evaluators read COMPLETE trials only (`target=` changes the value, not which
@@ -274,7 +276,7 @@ def _importances(ctx) -> tuple[dict[str, float] | None, str]:
     if len(done) < MIN_TRIALS or not params:
         raise _Missing(f"no importances yet: {len(done)} finished trials (starting points "
                        f"aside), and at least {MIN_TRIALS} are needed")
-    copy = optuna.create_study(direction=stored.direction)
+    copy = optuna.create_study(direction=stored.directions[0])
     copy.add_trials([create_trial(params={p: t.params[p] for p in params}, value=v,
                                   distributions={p: t.distributions[p] for p in params})
                      for t, v in done])
@@ -346,7 +348,7 @@ def _top_table(ctx) -> str:
 
 def _varying(ctx) -> list[str]:
     """The hyperparameters that differ between trials, not the dozens of constant ones."""
-    board, shown = ctx["board"], (*FIXED, ctx["metric"])
+    board, shown = ctx["board"], (*FIXED, ctx["metric"], "pareto")
     return [c for c in board.columns if c not in shown and board[c].nunique(dropna=False) > 1]
 
 

@@ -86,11 +86,17 @@ class HpoSearch(OptunaSearch):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._values: dict[str, dict[int, float]] = {}  # per trial: epoch -> metric
+        # with two objectives, metric and mode are lists; the first ranks and ASHA stops on it
+        self._multi = isinstance(self.metric, list)
+        self._primary = (self.metric[0], self.mode[0]) if self._multi else (self.metric,
+                                                                           self.mode)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        value, epoch = result.get(self.metric), int(result.get("epoch", 0))
+        value, epoch = result.get(self._primary[0]), int(result.get("epoch", 0))
         if epoch > 0 and value is not None and math.isfinite(value):
             self._values.setdefault(trial_id, {})[epoch] = value
+            if self._multi:
+                return  # Optuna keeps no intermediate values for several objectives
             try:
                 # a trial run again after a resume reports its epochs again: Optuna keeps the
                 # first, or refuses when the trial finished after Tune's last snapshot
@@ -113,8 +119,9 @@ class HpoSearch(OptunaSearch):
             elif result.get("epoch", 0) < result.get("epochs", 0):
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             else:
-                best = max(values) if self.mode == "max" else min(values)
-                self._ot_study.tell(ot_trial, best)
+                best = max(values) if self._primary[1] == "max" else min(values)
+                others = [result.get(m) for m in self.metric[1:]] if self._multi else []
+                self._ot_study.tell(ot_trial, [best, *others] if self._multi else best)
         except (RuntimeError, ValueError):
             # told already: the trial finished after Tune's last snapshot and ran again
             pass
@@ -291,7 +298,8 @@ def run_search(space: Space, options: SearchOptions, console: Console | None = N
     meta.setdefault("started", now())
     meta["runs"] = meta.get("runs", 0) + 1
     write_meta(study, meta)
-    board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode)
+    board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode,
+                             space.objectives[1:])
     board.write()
     with output_to(study / "ray.log") as terminal:
         console = console or terminal
@@ -391,7 +399,10 @@ def _storage(options: SearchOptions, study: Path) -> optuna.storages.BaseStorage
 def _new_tuner(space, options, study, trainable, callback, slots) -> tune.Tuner:
     concurrency = max(1, int(options.concurrency or space.concurrency or slots))
     sampler = optuna.samplers.TPESampler(seed=options.seed, constant_liar=True)
-    searcher = HpoSearch(space=space.sample, metric=space.metric, mode=space.mode,
+    multi = len(space.objectives) > 1
+    searcher = HpoSearch(space=space.sample,
+                         metric=[m for m, _ in space.objectives] if multi else space.metric,
+                         mode=[d for _, d in space.objectives] if multi else space.mode,
                          sampler=sampler, storage=_storage(options, study),
                          study_name=study.name)
     for name in space.starting_points:

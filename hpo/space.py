@@ -134,6 +134,7 @@ class Space:
     channels: int | None = None
     val_fraction: float = 0.1
     concurrency: int | None = None
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each; the first ranks
 
     def sample(self, trial) -> dict[str, Any]:
         """Draw one config with an Optuna trial (define-by-run); return the complete config.
@@ -237,11 +238,7 @@ def _build(path: Path, m) -> Space:
     def get(name, default=None):
         return getattr(m, name, default)
 
-    mode = m.mode
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-    if m.metric not in ("val_acc", "val_loss"):
-        raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {m.metric!r}")
+    objectives = _objectives(m.metric, m.mode)
     for name, low in (("trials", 1), ("max_epochs", 1), ("grace_period", 1)):
         value = get(name, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -271,8 +268,9 @@ def _build(path: Path, m) -> Space:
         name=get("name", path.stem),
         path=path,
         source=path.read_text(),
-        metric=m.metric,
-        mode=mode,
+        metric=objectives[0][0],
+        mode=objectives[0][1],
+        objectives=objectives,
         trials=m.trials,
         max_epochs=m.max_epochs,
         grace_period=get("grace_period", 1),
@@ -285,6 +283,28 @@ def _build(path: Path, m) -> Space:
         val_fraction=val_fraction,
         concurrency=get("concurrency"),
     )
+
+
+SECOND_OBJECTIVES = ("params",)  # trainable parameters, reported by every trial
+
+
+def _objectives(metric, mode) -> tuple[tuple[str, str], ...]:
+    """metric/mode of a space file: one pair, or two lists for two objectives (the first
+    ranks the leaderboard and drives ASHA; Optuna searches for the Pareto front of both)."""
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(metrics) != len(modes) or not 1 <= len(metrics) <= 2:
+        raise ValueError(f"metric and mode must be one name each, or two lists of two; "
+                         f"got {metric!r} and {mode!r}")
+    for m in modes:
+        if m not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {m!r}")
+    if metrics[0] not in ("val_acc", "val_loss"):
+        raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {metrics[0]!r}")
+    if len(metrics) == 2 and metrics[1] not in SECOND_OBJECTIVES:
+        raise ValueError(f"a second objective must be one of {list(SECOND_OBJECTIVES)}, "
+                         f"got {metrics[1]!r}")
+    return tuple(zip(metrics, modes))
 
 
 def _check_dimension(name: str, dim) -> None:

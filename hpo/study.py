@@ -81,10 +81,9 @@ def load_study_data(study: Path, data: str | None = None, fraction: float | None
     retrain of a study searched on a fraction).
     """
     from hpo.data import load_dataset
-    from hpo.space import load_space
 
     meta = read_meta(study)
-    space = load_space(study / "space.py")
+    space = load_study_space(study)
     source = data or meta.get("data")
     if not source:
         raise ValueError(f"{study}: no data recorded; pass --data")
@@ -93,3 +92,21 @@ def load_study_data(study: Path, data: str | None = None, fraction: float | None
     dataset = load_dataset(source, val_fraction=space.val_fraction, seed=options.get("seed", 0),
                            fraction=frac, image_size=space.image_size, channels=space.channels)
     return space, dataset
+
+
+def load_study_space(study: Path):
+    """The space a study searched: its copy in the folder, or, when the copy cannot load on
+    its own (a space file that builds on another file beside it), the original it names."""
+    from hpo.space import SpaceError, load_space
+
+    try:
+        return load_space(study / "space.py")
+    except SpaceError:
+        original = read_meta(study).get("space")
+        if not original or not Path(original).is_file():
+            raise
+        space = load_space(original)
+        if space.source != (study / "space.py").read_text():
+            raise SpaceError(f"{study}: space.py does not load on its own and {original} "
+                             "has changed since the study") from None
+        return space

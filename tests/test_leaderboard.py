@@ -64,3 +64,14 @@ def test_write_atomic_replaces_whole_and_leaves_no_temporaries(tmp_path):
     write_atomic(path, json.dumps({"v": 2}))
     assert json.loads(path.read_text()) == {"v": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_a_second_objective_marks_the_pareto_front(tmp_path):
+    board = Leaderboard(tmp_path / "leaderboard.csv", "val_acc", "max", (("params", "min"),))
+    for tid, acc, params in [("big", 0.9, 1000), ("small", 0.7, 10), ("worse", 0.6, 500),
+                             ("mid", 0.8, 100)]:
+        board.start(tid, {"epochs": 1})
+        board.result(tid, {"epoch": 1, "val_acc": acc, "params": params})
+    df = board.frame().set_index("trial_id")
+    # "worse" is beaten by "mid" on both; each of the others is best at its size
+    assert dict(df["pareto"]) == {"big": True, "mid": True, "small": True, "worse": False}

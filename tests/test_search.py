@@ -142,3 +142,21 @@ def test_best_weights_load_safely_into_the_best_config(study, tiny_parquet):
     model = build_model(config, data.image_shape, data.num_classes)
     # weights_only: a checkpoint is data, never code to run
     model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+
+
+def test_two_objectives_mark_the_pareto_front(tiny_parquet, tmp_path):
+    space = ROOT / "tests/spaces/two_objectives.py"
+    out = hpo("search", space, "--data", tiny_parquet, "--num-cpus", 2, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "results/two_objectives"
+    df = pd.read_csv(folder / "leaderboard.csv")
+    front = df[df.pareto]
+    assert len(df) == 8 and len(front) >= 1
+    # nothing off the front beats a front trial on both accuracy and size
+    for _, row in df[~df.pareto & df.val_acc.notna()].iterrows():
+        assert ((front.val_acc >= row.val_acc) & (front.params <= row.params)).any()
+    stored = optuna.load_study(study_name="two_objectives",
+                               storage=f"sqlite:///{folder / 'study.db'}")
+    assert [d.name for d in stored.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert stored.best_trials
+    assert [t.state.name for t in stored.trials].count("PRUNED") == (df.status == "stopped").sum()
