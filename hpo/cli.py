@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -81,7 +84,8 @@ def cmd_leaderboard(args) -> int:
     """Print the top rows of a study's leaderboard."""
     from hpo.leaderboard import read_leaderboard
 
-    board = read_leaderboard(args.study).head(args.top)
+    # nullable integers, so an epoch shows as 4, not 4.0, beside trials that have none
+    board = read_leaderboard(args.study).head(args.top).convert_dtypes()
     fixed = ["rank", "trial_id", "point", "status", board.columns[4], "best_epoch",
              "epochs_trained", "params", "wall_s"]
     first_hp = list(board.columns).index("node") + 1
@@ -90,7 +94,9 @@ def cmd_leaderboard(args) -> int:
     columns = fixed + (varying if args.all else varying[: args.columns])
     table = Table(title=str(args.study), header_style="bold")
     for c in columns:
-        table.add_column(c, justify="right" if board[c].dtype.kind in "if" else "left",
+        numeric = pd.api.types.is_numeric_dtype(board[c]) and not pd.api.types.is_bool_dtype(
+            board[c])
+        table.add_column(c, justify="right" if numeric else "left",
                          min_width=min(len(c), 10))
     for _, row in board[columns].iterrows():
         table.add_row(*("" if _missing(v) else _fmt(v) for v in row))
@@ -153,13 +159,17 @@ def cmd_show(args) -> int:
 
 
 def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float):
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, numbers.Integral):
+        return f"{v:,}"
+    if isinstance(v, numbers.Real):
         return f"{v:.4f}" if abs(v) < 1 else f"{v:,.1f}"
-    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+    return str(v)
 
 
 def _fail(exc: Exception) -> int:
