@@ -13,53 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-AUG_DEFAULTS: dict[str, object] = {
-    "aug_flip": False,
-    "aug_crop": 0,
-    "aug_rotate": 0.0,
-    "aug_zoom": 0.0,
-    "aug_shear": 0.0,
-    "aug_cutout": 0,
-    "aug_brightness": 0.0,
-    "aug_contrast": 0.0,
-}
+from hpo.config import SCHEMA
 
-# key -> (low, high, must be integral); aug_flip is checked separately as a bool.
-_RANGES: dict[str, tuple[float, float, bool]] = {
-    "aug_crop": (0, 16, True),
-    "aug_rotate": (0.0, 180.0, False),
-    "aug_zoom": (0.0, 0.9, False),
-    "aug_shear": (0.0, 60.0, False),
-    "aug_cutout": (0, 64, True),
-    "aug_brightness": (0.0, 1.0, False),
-    "aug_contrast": (0.0, 1.0, False),
-}
-
-
-def validate(config: Mapping[str, Any]) -> None:
-    """Raise ValueError if an `aug_*` key in `config` is unknown or out of range.
-
-    Non-`aug_*` keys are ignored, so the whole flat trial config may be passed. Unknown `aug_*`
-    keys are rejected because a misspelt key would otherwise silently disable that op.
-    """
-    for key, value in config.items():
-        if not key.startswith("aug_"):
-            continue
-        if key not in AUG_DEFAULTS:
-            raise ValueError(f"unknown augmentation key {key!r}; known: {sorted(AUG_DEFAULTS)}")
-        if key == "aug_flip":
-            if value not in (True, False):
-                raise ValueError(f"aug_flip must be a bool, got {value!r}")
-            continue
-        lo, hi, integral = _RANGES[key]
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
-        # `not lo <= v <= hi` also rejects NaN.
-        if isinstance(value, bool) or not lo <= v <= hi or (integral and v != int(v)):
-            kind = "an int" if integral else "a number"
-            raise ValueError(f"{key} must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
+# every augmentation key with its "off" value; ranges are checked with the rest of the config
+AUG_DEFAULTS: dict[str, object] = {k: v.default for k, v in SCHEMA.items() if k.startswith("aug_")}
 
 
 def _uniform(n: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -133,7 +90,7 @@ def augment(
     order flip, crop, affine (rotate/zoom/shear in one grid_sample), brightness, contrast,
     cutout, then a clamp; each draws its random parameters per sample. Missing or off keys cost
     nothing, and with every op off `x` itself is returned. `config` is not validated here (hot
-    path); call `validate` once per trial.
+    path); hpo.config.check_config checks ranges once, when the space file loads.
 
     Random draws are made on `generator.device` (or on x.device when `generator` is None) and
     moved to x.device, so a CPU generator works for CUDA input and the same seed gives the same

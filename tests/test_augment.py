@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo.augment import AUG_DEFAULTS, augment, validate
+from hpo.augment import AUG_DEFAULTS, augment
+from hpo.config import check_config
 
 # One non-zero magnitude per op, large enough that per-sample draws visibly differ.
 OPS = {
@@ -155,15 +156,15 @@ def test_cpu_generator_works_for_cuda_input():
         ("aug_flipp", True),
     ],
 )
-def test_validate_rejects_out_of_range(key, value):
+def test_config_check_rejects_out_of_range(key, value):
     with pytest.raises(ValueError, match=key):
-        validate({key: value})
+        check_config({key: value})
 
 
-def test_validate_accepts_defaults_and_extremes():
-    validate(AUG_DEFAULTS)
-    validate({**OPS, "lr": 0.1})
-    validate(
+def test_config_check_accepts_defaults_and_extremes():
+    check_config(AUG_DEFAULTS)
+    check_config({**OPS, "lr": 0.1})
+    check_config(
         {
             "aug_flip": True,
             "aug_crop": 16,
