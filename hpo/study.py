@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
@@ -83,11 +84,15 @@ def load_study_data(study: Path, data: str | None = None, fraction: float | None
     from hpo.data import load_dataset
 
     meta = read_meta(study)
+    options = meta.get("options", {})
     space = load_study_space(study)
+    if options.get("max_epochs"):
+        # the budget the study ran under (--max-epochs), so that a starting point retrained
+        # for a side-by-side trains as long as the best config did
+        space = dataclasses.replace(space, max_epochs=options["max_epochs"])
     source = data or meta.get("data")
     if not source:
         raise ValueError(f"{study}: no data recorded; pass --data")
-    options = meta.get("options", {})
     frac = fraction if fraction is not None else options.get("fraction", 1.0)
     dataset = load_dataset(source, val_fraction=space.val_fraction, seed=options.get("seed", 0),
                            fraction=frac, image_size=space.image_size, channels=space.channels)

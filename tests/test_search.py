@@ -42,7 +42,7 @@ def study(tiny_parquet, tmp_path_factory):
     reader.start()
     try:
         proc = hpo("search", TINY, "--data", tiny_parquet, "--num-cpus", 2, "--trials", 8,
-                   "--name", "tiny", cwd=cwd)
+                   "--max-epochs", 3, "--name", "tiny", cwd=cwd)
     finally:
         done.set()
         reader.join()
@@ -58,7 +58,7 @@ def test_search_writes_a_well_formed_leaderboard(study):
     assert set(df["status"]) <= {"completed", "stopped", "infeasible", "diverged", "oom"}
     # ASHA cut at least one trial short, and at least one ran its full epochs
     assert (df["status"] == "stopped").sum() >= 1 and (df["status"] == "completed").sum() >= 1
-    assert (df.loc[df.status == "stopped", "epochs_trained"] < 4).all()
+    assert (df.loc[df.status == "stopped", "epochs_trained"] < 3).all()
     assert df["val_acc"].is_monotonic_decreasing
     assert (df["params"] > 0).all() and (df["img_per_s"] > 0).all()
     # the starting point ran under its name
@@ -110,12 +110,14 @@ def test_leaderboard_command_prints_the_top_rows(study):
 def test_final_retrain_tests_the_best_config_and_a_starting_point(study):
     cwd, folder, _, _ = study
     for extra in ([], ["--point", "too-slow"]):
-        out = hpo("train", folder, "--seeds", "2", "--epochs", "1", *extra, cwd=cwd)
+        out = hpo("train", folder, "--seeds", "2", *extra, cwd=cwd)
         assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((folder / "final/results.json").read_text())
     assert results["seeds"] == [0, 1] and len(results["test_acc"]) == 2
     assert 0 <= results["mean"] <= 1 and results["runs"][0]["status"] == "completed"
-    assert "too-slow" in results["starting_points"]
+    point = results["starting_points"]["too-slow"]
+    # a starting point retrains under the study's budget (--max-epochs 3), as the best does
+    assert point["config"]["epochs"] == results["config"]["epochs"] == 3
     assert (folder / "final/best-seed1.pt").is_file()
     # the same data the study searched, trained on train + validation
     assert results["data_fingerprint"] == json.loads((folder / "study.json").read_text())[
