@@ -150,7 +150,7 @@ def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
     torch.manual_seed(config["seed"])
     generator = torch.Generator(device=device).manual_seed(config["seed"])
     base = {"epoch": 0, "epochs": config["epochs"], "val_acc": 0.0, "val_loss": math.inf,
-            "train_loss": math.nan, "img_per_s": 0.0, "params": 0}
+            "train_loss": math.nan, "img_per_s": 0.0, "params": None}
 
     def stop(status: str, reason: str, **metrics) -> dict[str, Any]:
         final = {**base, **metrics, "status": status, "reason": reason}
