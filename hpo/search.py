@@ -350,13 +350,7 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
             console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
                           "machines other than this one cannot write to the study folder here. "
                           "Pass --storage-path with a shared path or s3://bucket/prefix.")
-        gpus = ray.cluster_resources().get("GPU", 0)
-        resources = {"cpu": options.cpus_per_trial}
-        slots = ray.cluster_resources().get("CPU", 1) // options.cpus_per_trial
-        if gpus:
-            per = options.gpus_per_trial or 0.25
-            resources["gpu"] = per
-            slots = min(slots, int(gpus / per))
+        resources, slots = _trial_resources(options, ray.cluster_resources(), console)
         finished = board.finished_results()
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=data.without_test(), metric=space.metric,
@@ -388,6 +382,27 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
         return callback, interrupted
     finally:
         ray.shutdown()
+
+
+def _trial_resources(options: SearchOptions, cluster: dict, console: Console):
+    """What each trial asks Ray for, and how many such trials fit the cluster as it is now.
+
+    A fraction of a GPU when the cluster has GPUs (0.25 unless --gpus-per-trial says), CPUs
+    otherwise. An explicit --gpus-per-trial is asked for even when no GPU is up yet: on an
+    autoscaling cluster the request is what makes the autoscaler add GPU nodes.
+    """
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+    resources = {"cpu": options.cpus_per_trial}
+    slots = int(cpus // options.cpus_per_trial)
+    per = options.gpus_per_trial if options.gpus_per_trial is not None else (0.25 if gpus else 0)
+    if per:
+        resources["gpu"] = per
+        if gpus:
+            slots = min(slots, int(gpus / per))
+        else:
+            console.print(f"no GPU in the cluster yet: trials ask for {per} GPU each, for the "
+                          "autoscaler to add GPU nodes (set --concurrency for how many at once)")
+    return resources, slots
 
 
 def _storage(options: SearchOptions, study: Path) -> optuna.storages.BaseStorage:
