@@ -181,11 +181,13 @@ class Leaderboard:
         """Publish leaderboard.csv, and beside it configs.json (each trial's exact config,
         types intact, which is what `hpo export` reads) and epochs.csv (every epoch's report:
         the learning curves)."""
+        # configs first: a crash between the two writes must not leave a row whose config
+        # `hpo export` or a resumed run cannot find
+        write_json(self.path.parent / "configs.json",
+                   {tid: row["config"] for tid, row in self.rows.items()})
         buf = io.StringIO()
         self.frame().to_csv(buf, index=False)
         write_atomic(self.path, buf.getvalue())
-        write_json(self.path.parent / "configs.json",
-                   {tid: row["config"] for tid, row in self.rows.items()})
         buf = io.StringIO()
         pd.DataFrame.from_records(self.epochs, columns=EPOCH_COLUMNS).to_csv(buf, index=False)
         write_atomic(self.path.parent / "epochs.csv", buf.getvalue())
