@@ -34,6 +34,7 @@ def cmd_search(args) -> int:
         data=args.data, trials=args.trials, max_epochs=args.max_epochs,
         grace_period=args.grace_period, name=args.name,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        trials_per_gpu=args.trials_per_gpu,
         fraction=args.fraction, address=args.address, storage_path=args.storage_path,
         fresh=args.fresh, storage=args.storage,
         num_cpus=args.num_cpus,
@@ -195,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over under a new name (<name>-2, ...) instead of resuming")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://... for a cluster "
                    "(default: results/<study>/study.db)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (default 0.25)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPU fraction per trial (default: from each trial's predicted memory, "
+                        "calibrated on the GPU)")
+    p.add_argument("--trials-per-gpu", type=int, default=4,
+                   help="at most this many trials share a GPU when hpo picks (default 4)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="train on this fixed-seed fraction of the training set, for quick runs")

@@ -127,6 +127,11 @@ class Leaderboard:
             status = "completed" if done else "stopped"
         row["status"], row["reason"] = status, reason or row.get("reason", "")
 
+    def drop(self, trial_id: str) -> None:
+        """Forget a trial and its epochs (one a resumed run re-enqueues under a new id)."""
+        self.rows.pop(trial_id, None)
+        self.epochs = [e for e in self.epochs if e["trial_id"] != trial_id]
+
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """For each trial that has ended, the result that says so: what a resumed study
         replays to Ray instead of training the trial again."""

@@ -8,6 +8,7 @@ view current. The dataset is decoded once here and shipped to trials through Ray
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import shutil
@@ -33,8 +34,10 @@ from rich.console import Console
 from hpo import train
 from hpo.data import Dataset, decode_count, load_dataset
 from hpo.leaderboard import Leaderboard, write_json
+from hpo.model import Infeasible
+from hpo.packing import CONTEXT_BYTES, Packer
 from hpo.progress import Progress, output_to
-from hpo.space import Space
+from hpo.space import Space, random_configs
 from hpo.study import (
     busy_fraction,
     check_resumable,
@@ -61,7 +64,8 @@ class SearchOptions:
     max_epochs: int | None = None
     grace_period: int | None = None
     name: str | None = None
-    gpus_per_trial: float | None = None  # default: 0.25 when the cluster has GPUs
+    gpus_per_trial: float | None = None  # default: from each trial's measured memory
+    trials_per_gpu: int = 4  # at most, when hpo picks the fractions
     cpus_per_trial: float = 1.0
     fraction: float = 1.0
     address: str | None = None  # None: start Ray on this machine
@@ -155,6 +159,12 @@ def _trainable(config: dict, data: Dataset, metric: str, mode: str,
     if replay is not None:
         tune.report(replay)
         return
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+    if torch.cuda.is_available() and 0 < gpus < 1:
+        # a trial that outgrows its share fails alone ("oom") instead of starving the
+        # trials beside it on the GPU
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(max(0.05, gpus - CONTEXT_BYTES / total))
     # the IP names the machine; the node id tells apart two raylets on one machine
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
     best = [None]
@@ -180,8 +190,8 @@ class _StudyCallback(tune.Callback):
     """Driver-side observer: feeds the leaderboard and the progress view."""
 
     def __init__(self, board: Leaderboard, progress: Progress | None,
-                 replayed: frozenset[str] = frozenset()):
-        self.board, self.progress = board, progress
+                 replayed: frozenset[str] = frozenset(), packer: Packer | None = None):
+        self.board, self.progress, self.packer = board, progress, packer
         self.replayed = replayed  # finished trials that a resume only replays: rows stay as is
         self.intervals: list[tuple[float, float]] = []  # wall-clock spans trials computed
         self._last_write = 0.0
@@ -215,6 +225,8 @@ class _StudyCallback(tune.Callback):
         self.board.result(trial.trial_id, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
+        if self.packer and result.get("gpu_peak"):
+            self.packer.observe(trial.config, result["gpu_peak"])
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -261,6 +273,10 @@ def _prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path
         if not 1 <= options.grace_period <= space.max_epochs:
             raise ValueError(f"--grace-period must be in 1..{space.max_epochs}")
         space = dataclasses.replace(space, grace_period=options.grace_period)
+    if options.trials_per_gpu < 1:
+        raise ValueError("--trials-per-gpu must be 1 or more")
+    if options.gpus_per_trial is not None and options.gpus_per_trial <= 0:
+        raise ValueError("--gpus-per-trial must be above 0")
     source = options.data or space.data
     if not source:
         raise ValueError(f"{space.path}: no data: pass --data or set `data` in the space file")
@@ -306,7 +322,7 @@ def run_search(space: Space, options: SearchOptions, console: Console | None = N
         if resumed:
             console.print(f"resuming {study}: {len(board.rows)} trials so far")
         t0 = time.time()
-        callback, interrupted = _run_tuner(space, options, data, study, board, console)
+        callback, interrupted = _run_tuner(space, options, data, study, board, meta, console)
         t1 = time.time()
         busy = busy_fraction(callback.intervals, t0, t1)
         meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1), busy_fraction=round(busy, 4))
@@ -331,7 +347,8 @@ def _command_line() -> str:
     return " ".join(["hpo", *args])
 
 
-def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallback, bool]:
+def _run_tuner(space, options, data, study, board, meta,
+               console) -> tuple[_StudyCallback, bool]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A trial checkpoints when its metric improves, which forces Tune's experiment snapshots;
     # they are small and local, so the warning about them is noise in ray.log.
@@ -350,50 +367,126 @@ def _run_tuner(space, options, data, study, board, console) -> tuple[_StudyCallb
             console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
                           "machines other than this one cannot write to the study folder here. "
                           "Pass --storage-path with a shared path or s3://bucket/prefix.")
-        resources, slots = _trial_resources(options, ray.cluster_resources(), console)
-        finished = board.finished_results()
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, data=data.without_test(), metric=space.metric,
-                                 mode=space.mode, finished=finished), resources)
+        cluster = ray.cluster_resources()
+        packer = (_probe(space, data, options, console)
+                  if cluster.get("GPU") and options.gpus_per_trial is None else None)
+        resources, slots = _trial_resources(options, cluster, console, packer, study.name)
         progress = Progress(console, study.name, space.trials, space.metric)
-        callback = _StudyCallback(board, progress, frozenset(finished))
-        experiment = (f"{options.storage_path.rstrip('/')}/{study.name}" if options.storage_path
-                      else str(study.resolve() / "ray"))
-        if tune.Tuner.can_restore(experiment):
-            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True,
-                                       resume_errored=True)
-            # the restored run config holds the callback pickled at the first run, without
-            # its terminal view or the leaderboard as it is now
-            tuner._local_tuner.get_run_config().callbacks = [callback]
-        else:
-            tuner = _new_tuner(space, options, study, trainable, callback, slots)
-        handler = signal.getsignal(signal.SIGINT)
+        callback = _StudyCallback(board, progress, packer=packer)
+        interrupted = False
         with progress:
-            results = tuner.fit()
-        # Tune swaps in its own SIGINT handler for the run and puts ours back only when a
-        # Ctrl-C stopped it: that is how an interrupted run is told from a finished one
-        interrupted = signal.getsignal(signal.SIGINT) is handler and not int(
-            os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
-        signal.signal(signal.SIGINT, handler)
-        if not interrupted:
-            _close_stragglers(board, options, study)
-        board.write()
-        _copy_best_weights(results, board, study)
+            # one Tune experiment per stretch of trials: the one an interrupted run left is
+            # restored; a finished study given more --trials continues in a new experiment,
+            # fed by the same Optuna study and leaderboard
+            while not interrupted:
+                tuner, experiment = _next_tuner(space, options, data, study, board, meta,
+                                                resources, slots, callback, console)
+                if tuner is None:
+                    break
+                handler = signal.getsignal(signal.SIGINT)
+                results = tuner.fit()
+                # Tune swaps in its own SIGINT handler for the run and puts ours back only
+                # when a Ctrl-C stopped it: that is how an interrupted run is told apart
+                interrupted = signal.getsignal(signal.SIGINT) is handler and not int(
+                    os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+                signal.signal(signal.SIGINT, handler)
+                if not interrupted:
+                    meta["experiments"][experiment] = "finished"
+                    write_meta(study, meta)
+                    _close_stragglers(board, options, study)
+                board.write()
+                _copy_best_weights(results, board, study)
         return callback, interrupted
     finally:
         ray.shutdown()
 
 
-def _trial_resources(options: SearchOptions, cluster: dict, console: Console):
+def _next_tuner(space, options, data, study, board, meta, resources, slots, callback,
+                console) -> tuple[tune.Tuner | None, str]:
+    """The Tune experiment to run next: the unfinished one restored, else a new one for the
+    trials the study still lacks, else (None, "") when it has them all."""
+    experiments = meta.setdefault("experiments", {})  # name -> "running" | "finished"
+    finished = board.finished_results()
+    callback.replayed = frozenset(finished)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, data=data.without_test(), metric=space.metric,
+                             mode=space.mode, finished=finished), resources)
+    running = [name for name, state in experiments.items() if state == "running"]
+    if running and tune.Tuner.can_restore(_experiment_path(options, study, running[-1])):
+        path = _experiment_path(options, study, running[-1])
+        _requeue_lost(board, space, options, study, path, console)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        # the restored run config holds the callback pickled at the first run, without
+        # its terminal view or the leaderboard as it is now
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+        return tuner, running[-1]
+    for name in running:  # started, but killed before Tune saved anything
+        experiments[name] = "finished"
+    remaining = space.trials - len(board.rows)
+    if remaining <= 0:
+        return None, ""
+    base = study.name if options.storage_path else "ray"
+    name = base if not experiments else f"{base}-{len(experiments) + 1}"
+    experiments[name] = "running"
+    write_meta(study, meta)
+    if len(experiments) > 1:
+        console.print(f"{len(board.rows)} trials so far; {remaining} more")
+    return _new_tuner(space, options, study, trainable, callback, slots, remaining,
+                      name, board), name
+
+
+def _experiment_path(options: SearchOptions, study: Path, name: str) -> str:
+    if options.storage_path:
+        return f"{options.storage_path.rstrip('/')}/{name}"
+    return str(study.resolve() / name)
+
+
+def _requeue_lost(board, space, options, study, experiment, console) -> None:
+    """Trials the leaderboard saw start but Tune's last snapshot predates: the resumed run
+    would not know them. Their configs go back to Optuna's queue, to run under new ids."""
+    known = {t.trial_id for t in tune.ExperimentAnalysis(experiment).trials}
+    lost = [tid for tid, row in board.rows.items()
+            if row["status"] == "running" and tid not in known]
+    if not lost:
+        return
+    stored = optuna.load_study(study_name=study.name, storage=_storage(options, study))
+    for trial_id in lost:
+        config = board.rows[trial_id]["config"]
+        if config.get("point") in space.starting_points:
+            stored.enqueue_trial(space.point_params(config["point"]),
+                                 user_attrs={"hpo_point": config["point"]})
+        elif config:
+            stored.enqueue_trial(space.params_of(config))
+        board.drop(trial_id)
+    console.print(f"{len(lost)} trial(s) started just before the interruption are queued again")
+
+
+# the packer of the study this process is searching: Tune calls _packed_resources for every
+# new trial, in this process, through the trainable it pickled (which names this module)
+_PACKERS: dict[str, Packer] = {}
+
+
+def _packed_resources(study: str, cpus: float, config: dict) -> tune.PlacementGroupFactory:
+    return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": _PACKERS[study].fraction(config)}])
+
+
+def _trial_resources(options: SearchOptions, cluster: dict, console: Console,
+                     packer: Packer | None = None, study: str = ""):
     """What each trial asks Ray for, and how many such trials fit the cluster as it is now.
 
-    A fraction of a GPU when the cluster has GPUs (0.25 unless --gpus-per-trial says), CPUs
-    otherwise. An explicit --gpus-per-trial is asked for even when no GPU is up yet: on an
-    autoscaling cluster the request is what makes the autoscaler add GPU nodes.
+    With GPUs and no --gpus-per-trial, `packer` gives each trial its own fraction of a GPU,
+    from its predicted memory (a callable Tune calls per trial); without a packer, 0.25 GPU.
+    CPUs only otherwise. An explicit --gpus-per-trial is asked for even when no GPU is up yet:
+    on an autoscaling cluster the request is what makes the autoscaler add GPU nodes.
     """
     gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
     resources = {"cpu": options.cpus_per_trial}
     slots = int(cpus // options.cpus_per_trial)
+    if packer is not None and gpus and options.gpus_per_trial is None:
+        _PACKERS[study] = packer
+        return (functools.partial(_packed_resources, study, options.cpus_per_trial),
+                min(slots, int(gpus * packer.max_per_gpu)))
     per = options.gpus_per_trial if options.gpus_per_trial is not None else (0.25 if gpus else 0)
     if per:
         resources["gpu"] = per
@@ -405,23 +498,75 @@ def _trial_resources(options: SearchOptions, cluster: dict, console: Console):
     return resources, slots
 
 
+def _probe(space: Space, data: Dataset, options: SearchOptions,
+           console: Console) -> Packer | None:
+    """Measure a few configs' peak memory on one whole GPU of the cluster (the starting points
+    and four random draws) and return a Packer calibrated by them; None when no GPU answers
+    within ten minutes or the node has no CUDA (then trials get 0.25 GPU each)."""
+    configs = [space.point(n) for n in space.starting_points]
+    configs += random_configs(space, 4, seed=options.seed)
+    measure = ray.remote(num_gpus=1, num_cpus=options.cpus_per_trial)(_measure_memory)
+    try:
+        answer = ray.get(measure.remote(configs, data.image_shape, data.num_classes),
+                         timeout=600)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
+        console.print(f"[yellow]warning[/]: no GPU measured memory ({type(exc).__name__}); "
+                      "trials get 0.25 GPU each")
+        return None
+    if answer is None:
+        return None
+    total, measured = answer
+    data_bytes = sum(a.nbytes for a in (data.x_train, data.x_val))
+    data_bytes += 8 * (len(data.y_train) + len(data.y_val))  # labels live on the GPU as int64
+    packer = Packer(total, data_bytes, data.image_shape, data.num_classes,
+                    max_per_gpu=options.trials_per_gpu)
+    for config, peak in measured:
+        packer.observe(config, peak, data_bytes=0)
+    shares = Counter(round(1 / packer.fraction(c)) for c, _ in measured)
+    console.print(f"GPU memory {total / 2**30:.0f} GiB; measured {len(measured)} configs "
+                  f"(up to {max((p for _, p in measured), default=0) / 2**30:.1f} GiB each): "
+                  + ", ".join(f"{n} at {k} per GPU" for k, n in sorted(shares.items())))
+    return packer
+
+
+def _measure_memory(configs, image_shape, num_classes):
+    """On a GPU worker: (the GPU's total bytes, [(config, peak bytes)]) or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    measured = []
+    for config in configs:
+        try:
+            measured.append((config, train.peak_memory(config, image_shape, num_classes)))
+        except (Infeasible, torch.OutOfMemoryError):
+            continue
+    return torch.cuda.get_device_properties(0).total_memory, measured
+
+
 def _storage(options: SearchOptions, study: Path) -> optuna.storages.BaseStorage:
     """Optuna's study: SQLite in the study folder, or --storage (PostgreSQL, MySQL...)."""
     url = options.storage or f"sqlite:///{study.resolve()}/study.db"
     return optuna.storages.RDBStorage(url)
 
 
-def _new_tuner(space, options, study, trainable, callback, slots) -> tune.Tuner:
+def _new_tuner(space, options, study, trainable, callback, slots, trials: int | None = None,
+               name: str = "ray", board: Leaderboard | None = None) -> tune.Tuner:
+    """A Tune experiment of `trials` trials (default: the space's) in results/<study>/<name>
+    (or --storage-path/<name>); starting points not yet on `board` are enqueued first."""
     concurrency = max(1, int(options.concurrency or space.concurrency or slots))
-    sampler = optuna.samplers.TPESampler(seed=options.seed, constant_liar=True)
+    # a study extended by a new experiment must not draw the first one's random configs again
+    tried = {row["config"].get("point") for row in (board.rows.values() if board else ())}
+    sampler = optuna.samplers.TPESampler(seed=options.seed + len(board.rows if board else ()),
+                                         constant_liar=True)
     multi = len(space.objectives) > 1
     searcher = HpoSearch(space=space.sample,
                          metric=[m for m, _ in space.objectives] if multi else space.metric,
                          mode=[d for _, d in space.objectives] if multi else space.mode,
                          sampler=sampler, storage=_storage(options, study),
                          study_name=study.name)
-    for name in space.starting_points:
-        searcher._ot_study.enqueue_trial(space.point_params(name), user_attrs={"hpo_point": name})
+    for point in space.starting_points:
+        if point not in tried:
+            searcher._ot_study.enqueue_trial(space.point_params(point),
+                                             user_attrs={"hpo_point": point})
     scheduler = ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
                               grace_period=space.grace_period,
                               reduction_factor=space.reduction_factor)
@@ -429,14 +574,13 @@ def _new_tuner(space, options, study, trainable, callback, slots) -> tune.Tuner:
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            scheduler=scheduler, num_samples=space.trials, metric=space.metric,
+            scheduler=scheduler, num_samples=trials or space.trials, metric=space.metric,
             mode=space.mode, reuse_actors=True),
         run_config=tune.RunConfig(
             # trial results and checkpoints: in the study folder, or where every node of
             # a cluster can reach them (a shared path, s3://, gs://); the leaderboard
             # and best config are written here by the driver either way
-            name=study.name if options.storage_path else "ray",
-            storage_path=options.storage_path or str(study.resolve()), verbose=0,
+            name=name, storage_path=options.storage_path or str(study.resolve()), verbose=0,
             callbacks=[callback], failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=space.metric,

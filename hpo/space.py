@@ -173,10 +173,14 @@ class Space:
     def point_params(self, name: str) -> dict[str, Any]:
         """The starting point's values of the searched dimensions that exist for it and hold
         its value: what Optuna records for it, so TPE learns from the point as from any trial."""
-        point = self.point(name)
-        return {k: point[k] for k, dim in self.searched().items()
-                if k in point and (dim.when is None or dim.when(point))
-                and _contains(dim, point[k])}
+        return self.params_of(self.point(name))
+
+    def params_of(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A config's values of the searched dimensions that exist for it and lie inside
+        them: enqueued in Optuna, they make define-by-run sampling return that config."""
+        return {k: config[k] for k, dim in self.searched().items()
+                if k in config and (dim.when is None or dim.when(config))
+                and _contains(dim, config[k])}
 
     def searched(self) -> dict[str, Dimension]:
         return {k: v for k, v in self.dimensions.items() if _is_dim(v)}

@@ -134,13 +134,59 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: DeviceData
     return loss.item() / n, correct.item() / n
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+               x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on a preprocessed batch; returns the loss, still on the device."""
+    with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):
+        loss = criterion(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().float()
+
+
+def peak_memory(config: Mapping[str, Any], image_shape: tuple[int, int, int],
+                num_classes: int, device: str | torch.device = "cuda", steps: int = 3) -> int:
+    """Bytes of GPU memory that training `config` holds at its peak, beyond the dataset:
+    a few steps on random images at the config's batch size, then an evaluation batch.
+    Raises Infeasible for a config that cannot be built; CUDA only."""
+    device = torch.device(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_reserved(device)
+    model = build_model(config, image_shape, num_classes)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    c = image_shape[0]
+    dev = DeviceData(*(torch.empty(0, device=device),) * 4, num_classes=num_classes,
+                     mean=torch.zeros(1, c, 1, 1, device=device),
+                     std=torch.ones(1, c, 1, 1, device=device))
+    x = torch.randint(0, 256, (config["batch_size"], *image_shape), dtype=torch.uint8,
+                      device=device)
+    y = torch.randint(0, num_classes, (config["batch_size"],), device=device)
+    torch.backends.cudnn.benchmark = True
+    for _ in range(steps):
+        xb = preprocess(x, dev, config, torch.bfloat16, train=True)
+        train_step(model, optimizer, criterion, xb, y)
+    x_eval = torch.randint(0, 256, (EVAL_BATCH, *image_shape), dtype=torch.uint8, device=device)
+    evaluate(model, x_eval, torch.zeros(EVAL_BATCH, dtype=torch.long, device=device), dev,
+             config)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_reserved(device) - base
+    del model, optimizer, x, y, x_eval
+    torch.cuda.empty_cache()
+    return int(peak)
+
+
 def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
               device: str | torch.device | None = None) -> dict[str, Any]:
     """Train the model `config` describes for config["epochs"] epochs on `data`.
 
     Calls report(metrics, model) once per epoch with `epoch`, `epochs`, `val_acc`, `val_loss`,
-    `train_loss`, `img_per_s`, `params` and `status` ("running", or "completed" at the last
-    epoch). A config that cannot be built for the input is reported once with status
+    `train_loss`, `img_per_s`, `params`, `gpu_peak` (bytes the process reserved on the GPU
+    at its peak, dataset included; None on the CPU) and `status` ("running", or "completed"
+    at the last epoch). A config that cannot be built for the input is reported once with status
     "infeasible"; a non-finite training loss ends the trial as "diverged"; running out of
     device memory as "oom". None of these raise. Returns the last metrics reported.
     The test split is never read.
@@ -171,6 +217,11 @@ def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
 
 def _train(config, data, report, model, device, cuda, generator, base, stop) -> dict[str, Any]:
     dev = to_device(data, device)
+    if cuda:
+        # a reused worker still holds the last trial's cached blocks and peak: start clean,
+        # so `gpu_peak` is this trial's (what packing trials onto GPUs learns from)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     layout = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(device, memory_format=layout)
     # augment and normalise in bf16 on the GPU (half the memory traffic); batch shapes are
@@ -198,13 +249,8 @@ def _train(config, data, report, model, device, cuda, generator, base, stop) -> 
             factor = lr_factor(config, step, steps_per_epoch) * plateau_scale
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
-            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-                loss = criterion(model(xb), dev.y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             # accumulate on the device: a .item() per step would sync the GPU every batch
-            total += loss.detach().float()
+            total += train_step(model, optimizer, criterion, xb, dev.y_train[idx])
             step += 1
         train_loss = total.item() / steps_per_epoch
         seconds = time.perf_counter() - t0  # .item() above synchronised the device
@@ -227,6 +273,7 @@ def _train(config, data, report, model, device, cuda, generator, base, stop) -> 
         metrics = {**base, "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
                    "train_loss": train_loss, "img_per_s": steps_per_epoch * batch / seconds,
                    "train_seconds": seconds, "t_start": t_start, "t_end": time.time(),
+                   "gpu_peak": torch.cuda.max_memory_reserved(device) if cuda else None,
                    "status": status}
         report(metrics, model)
     return metrics

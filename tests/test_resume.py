@@ -1,6 +1,7 @@
 """Nothing lost: a search killed with SIGKILL, or stopped with Ctrl-C, continues when the same
 command runs again."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+
+from hpo.leaderboard import Leaderboard
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
@@ -89,3 +92,38 @@ def test_ctrl_c_stops_within_seconds_and_prints_the_resume_command(tmp_path, tin
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(pd.read_csv(board)) == 10
+
+
+def test_more_trials_extend_a_finished_study_and_lost_trials_run_again(tmp_path, tiny_parquet):
+    study = tmp_path / "results/tiny"
+    first = subprocess.run(command(tiny_parquet, 3), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # as if the driver had died just after a 4th trial started, before Tune saved its state:
+    # the leaderboard shows it running, Tune's snapshot does not know it
+    board = Leaderboard.load(study / "leaderboard.csv", "val_acc", "max")
+    lost = {**next(r["config"] for r in board.rows.values() if not r["config"].get("point")),
+            "lr": 0.0123}
+    board.start("deadbeef", lost)
+    board.write()
+    meta = json.loads((study / "study.json").read_text())
+    meta.update(finished=None, experiments={"ray": "running"})
+    (study / "study.json").write_text(json.dumps(meta))
+
+    again = subprocess.run(command(tiny_parquet, 5), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "queued again" in again.stdout
+    after = pd.read_csv(study / "leaderboard.csv", dtype={"trial_id": str})
+    assert len(after) == 5 and "deadbeef" not in set(after.trial_id)
+    assert set(after.status) <= {"completed", "stopped"}
+    # the lost trial's config ran again, under a new id, with the same values
+    configs = json.loads((study / "configs.json").read_text())
+    rerun = [c for c in configs.values() if c["lr"] == 0.0123]
+    assert len(rerun) == 1 and {k: rerun[0][k] for k in lost} == lost
+    # the new experiment drew new configs, not the first one's random draws again
+    assert len({c["lr"] for c in configs.values()}) == 5
+    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study / 'study.db'}")
+    states = [t.state.name for t in stored.trials]
+    assert states.count("COMPLETE") + states.count("PRUNED") == 5
+    assert not {"RUNNING", "WAITING"} & set(states)

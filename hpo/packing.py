@@ -1,0 +1,97 @@
+"""How many trials share one GPU: each trial gets the fraction of a GPU its memory needs.
+
+A trial's need is predicted from its config (the activations a training step keeps, counted on
+PyTorch's meta device, plus weights, gradients and optimizer state), scaled by a ratio that
+measurement keeps honest: a probe of a few configs on a real GPU before the search, then every
+trial's own peak as it runs. The fraction is 1/k for the largest k (up to `max_per_gpu`) whose
+k trials fit in the GPU's memory, so Ray never places more trials on a GPU than its memory holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from hpo.model import Infeasible, build_model
+from hpo.train import EVAL_BATCH
+
+# per trial process, outside PyTorch's allocator: the CUDA context, cuBLAS/cuDNN handles
+CONTEXT_BYTES = 1 << 30
+# optimizer state per parameter, in fp32 values
+_STATE_SLOTS = {"adam": 2, "adamw": 2, "adamax": 2, "adadelta": 2, "adagrad": 1, "rmsprop": 2}
+
+
+def predict_bytes(config: Mapping[str, Any], image_shape: tuple[int, int, int],
+                  num_classes: int) -> int:
+    """An uncalibrated count of the bytes training `config` holds beyond the dataset: every
+    leaf module's output at the config's batch size in bf16 (what backward keeps), or an
+    evaluation batch's largest layers if more, and fp32 weights, gradients and optimizer
+    state. Built on the meta device: no memory, milliseconds.
+    Raises Infeasible for a config that cannot be built."""
+    with torch.device("meta"):
+        model = build_model(config, image_shape, num_classes)
+        sizes: list[int] = []
+
+        def count(module: nn.Module, args, output) -> None:
+            if isinstance(output, torch.Tensor):
+                sizes.append(output.numel())
+
+        hooks = [m.register_forward_hook(count) for m in model.modules()
+                 if not any(True for _ in m.children())]
+        model(torch.empty(config["batch_size"], *image_shape))
+        for hook in hooks:
+            hook.remove()
+    params = sum(p.numel() for p in model.parameters())
+    slots = _STATE_SLOTS.get(config["optimizer"], 1 if config.get("momentum") else 0)
+    training = sum(sizes)
+    # evaluation keeps no activations for backward, but runs batches of EVAL_BATCH: a layer's
+    # input and output (and a temporary) are alive at once
+    evaluation = 3 * max(sizes, default=0) * EVAL_BATCH // config["batch_size"]
+    return 2 * max(training, evaluation) + 4 * params * (2 + slots)
+
+
+@dataclass
+class Packer:
+    """Fractions of a GPU per trial, from predicted needs calibrated by measured peaks."""
+
+    gpu_bytes: int  # memory of one GPU
+    data_bytes: int  # the dataset copy every trial process keeps on its GPU
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    max_per_gpu: int = 4
+    ratio: float = 1.0  # measured / predicted, the largest seen
+    margin: float = 1.25  # head room over the calibrated prediction
+    context_bytes: int = CONTEXT_BYTES
+    _predicted: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def predicted(self, config: Mapping[str, Any]) -> int:
+        """predict_bytes for `config`, cached; 0 for an infeasible one."""
+        key = repr(sorted(config.items()))
+        if key not in self._predicted:
+            try:
+                self._predicted[key] = predict_bytes(config, self.image_shape, self.num_classes)
+            except Infeasible:
+                self._predicted[key] = 0  # it stops before touching the GPU
+        return self._predicted[key]
+
+    def observe(self, config: Mapping[str, Any], measured: int, data_bytes: int | None = None):
+        """Learn from a measured peak: `measured` bytes reserved by training `config`, of which
+        `data_bytes` (default: this study's dataset) were the dataset."""
+        predicted = self.predicted(config)
+        if predicted:
+            model_part = measured - (self.data_bytes if data_bytes is None else data_bytes)
+            self.ratio = max(self.ratio, model_part / predicted)
+
+    def need(self, config: Mapping[str, Any]) -> int:
+        """Bytes of GPU memory a trial of `config` is expected to hold at its peak."""
+        model_part = self.margin * self.ratio * self.predicted(config)
+        return int(self.context_bytes + self.data_bytes + model_part)
+
+    def fraction(self, config: Mapping[str, Any]) -> float:
+        """The share of one GPU to ask Ray for: 1/k, k trials of this need fitting in memory.
+        A config that needs more than a whole GPU gets one (and is likely to end as "oom")."""
+        k = max(1, min(self.max_per_gpu, self.gpu_bytes // max(1, self.need(config))))
+        return 1 / k
