@@ -194,6 +194,11 @@ class _StudyCallback(tune.Callback):
         self.board, self.progress, self.packer = board, progress, packer
         self.replayed = replayed  # finished trials that a resume only replays: rows stay as is
         self.intervals: list[tuple[float, float]] = []  # wall-clock spans trials computed
+        # where trial time went, in trial-seconds: training, evaluation, and a trial's whole
+        # life seen from the driver (the rest of it: start-up, data to device, reporting)
+        self.seconds: Counter[str] = Counter()
+        self._began: dict[str, float] = {}
+        self.ray_start_s = 0.0  # starting or joining Ray, before any trial
         self._last_write = 0.0
 
     def __getstate__(self):
@@ -217,7 +222,13 @@ class _StudyCallback(tune.Callback):
         if trial.trial_id in self.replayed:
             return
         self.board.start(trial.trial_id, trial.config)
+        self._began[trial.trial_id] = time.time()
         self._refresh(force=True)
+
+    def _ended(self, trial_id: str) -> None:
+        began = self._began.pop(trial_id, None)
+        if began is not None:
+            self.seconds["trials"] += time.time() - began
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id in self.replayed:
@@ -225,6 +236,8 @@ class _StudyCallback(tune.Callback):
         self.board.result(trial.trial_id, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
+            self.seconds["train"] += result["train_seconds"]
+            self.seconds["eval"] += result["t_end"] - result["t_start"] - result["train_seconds"]
         if self.packer and result.get("gpu_peak"):
             self.packer.observe(trial.config, result["gpu_peak"])
         self._refresh()
@@ -233,10 +246,12 @@ class _StudyCallback(tune.Callback):
         if trial.trial_id in self.replayed:
             return
         self.board.finish(trial.trial_id)
+        self._ended(trial.trial_id)
         self._refresh(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.board.finish(trial.trial_id, "failed", _last_error_line(trial))
+        self._ended(trial.trial_id)
         self._refresh(force=True)
 
     def on_step_end(self, iteration, trials, **info):
@@ -299,7 +314,9 @@ def run_search(space: Space, options: SearchOptions, console: Console | None = N
         >>> study = run_search(load_space("spaces/cifar10.py"), SearchOptions(data="data/cifar10"))
         >>> read_leaderboard(study).head()
     """
+    t_load = time.time()
     space, data, study = prepare(space, options)
+    t_load = time.time() - t_load
     study.mkdir(parents=True, exist_ok=True)
     meta = read_meta(study)
     if meta.get("finished") and meta.get("trials", 0) >= space.trials:
@@ -326,6 +343,14 @@ def run_search(space: Space, options: SearchOptions, console: Console | None = N
         t1 = time.time()
         busy = busy_fraction(callback.intervals, t0, t1)
         meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1), busy_fraction=round(busy, 4))
+        spent = callback.seconds
+        meta["time"] = {  # of this run: the wall clock's and, summed over trials, theirs
+            "data_s": round(t_load, 2), "search_s": round(t1 - t0, 2),
+            "ray_start_s": round(callback.ray_start_s, 2),
+            "idle_s": round((1 - busy) * (t1 - t0), 2),
+            "train_s": round(spent["train"], 2), "eval_s": round(spent["eval"], 2),
+            "trial_other_s": round(max(0.0, spent["trials"] - spent["train"] - spent["eval"]),
+                                   2)}
         best = board.best()
         if best:
             write_json(study / "best.json", best["config"])
@@ -333,7 +358,7 @@ def run_search(space: Space, options: SearchOptions, console: Console | None = N
         if not interrupted:
             meta["finished"] = now()
         write_meta(study, meta)
-        _summarise(console, study, board, busy, t1 - t0)
+        _summarise(console, study, board, busy, t1 - t0, meta["time"])
         if interrupted:
             console.print(f"[yellow]interrupted[/]: everything so far is kept; resume with\n"
                           f"  {_command_line()}")
@@ -357,10 +382,12 @@ def _run_tuner(space, options, data, study, board, meta,
     # after the last snapshot is unknown to a resumed run. (A 12-trial study took the same
     # wall time either way: 18.8 s vs 18.4 s on 2 CPUs.)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    t_ray = time.time()
     if options.address:
         ray.init(address=options.address, log_to_driver=False)
     else:
         ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
+    t_ray = time.time() - t_ray
     try:
         machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
         if len(machines) > 1 and not options.storage_path:
@@ -373,6 +400,7 @@ def _run_tuner(space, options, data, study, board, meta,
         resources, slots = _trial_resources(options, cluster, console, packer, study.name)
         progress = Progress(console, study.name, space.trials, space.metric)
         callback = _StudyCallback(board, progress, packer=packer)
+        callback.ray_start_s = t_ray
         interrupted = False
         with progress:
             # one Tune experiment per stretch of trials: the one an interrupted run left is
@@ -612,7 +640,8 @@ def _copy_best_weights(results, board: Leaderboard, study: Path) -> None:
                     return
 
 
-def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, wall: float):
+def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, wall: float,
+               spent: dict[str, float]):
     counts = Counter(r["status"] for r in board.rows.values())
     best = board.best()
     console.print(f"[bold]{study}[/]: {len(board.rows)} trials in {wall:.0f} s · "
@@ -622,6 +651,11 @@ def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, w
                       f"{', ' + best['config']['point'] if best['config'].get('point') else ''})"
                       f" → {study / 'best.json'}")
     console.print(f"trials computed {busy:.0%} of the wall time (busy %)")
+    console.print(f"time: data {spent['data_s']:.1f} s before the search; no trial computing "
+                  f"{spent['idle_s']:.0f} s of {wall:.0f} s (starting Ray "
+                  f"{spent['ray_start_s']:.0f} s); in trial-seconds: training "
+                  f"{spent['train_s']:.0f}, evaluation {spent['eval_s']:.0f}, start-up and "
+                  f"reporting {spent['trial_other_s']:.0f}")
 
 
 def _jsonable(obj: Any) -> Any:

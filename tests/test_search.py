@@ -78,6 +78,19 @@ def test_study_folder_holds_the_promised_files(study):
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
+def test_search_says_where_its_time_went(study):
+    _, folder, proc, _ = study
+    spent = json.loads((folder / "study.json").read_text())["time"]
+    assert spent["train_s"] > 0 and spent["eval_s"] > 0 and spent["ray_start_s"] > 0
+    assert 0 <= spent["idle_s"] <= spent["search_s"]
+    assert spent["trial_other_s"] >= 0
+    # the trials' own epochs account for part of their lives seen from the driver, not more
+    epochs = pd.read_csv(folder / "epochs.csv")
+    assert spent["train_s"] + spent["eval_s"] == pytest.approx(
+        (epochs.t_end - epochs.t_start).sum(), rel=0.01)
+    assert "time: data" in proc.stdout and "trial-seconds" in proc.stdout
+
+
 def test_exported_best_config_reproduces_a_trial(study, tiny_parquet):
     cwd, folder, _, _ = study
     out = hpo("export", folder, "--rank", "1", "-o", "best.json", cwd=cwd)
