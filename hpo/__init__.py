@@ -1,6 +1,6 @@
 """hpo: hyperparameter search for image-classification CNNs (Optuna TPE + ASHA on Ray Tune).
 
-The pieces a user or a test calls directly; none of them imports Ray (hpo.search does).
+The pieces a user or a test calls directly; none of them imports Ray (the hpo.search package does).
 """
 
 from hpo.data import Dataset, load_dataset

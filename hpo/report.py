@@ -163,7 +163,7 @@ def _need_epochs(ctx) -> pd.DataFrame:
 
 def _rungs(ctx) -> tuple[list[float], str]:
     space, board = ctx["space"], ctx["board"]
-    # ASHA's milestones as search.py sets them up (--max-epochs may have lowered the top); the
+    # ASHA's milestones as hpo.search sets them up (--max-epochs may have lowered the top); the
     # one at max_epochs itself is left out, as every trial ends there anyway
     if space:
         top = (ctx["meta"].get("options") or {}).get("max_epochs") or space.max_epochs

@@ -11,7 +11,9 @@ import ray
 from ray import tune
 
 from hpo.leaderboard import Leaderboard
-from hpo.search import SearchOptions, _new_tuner, _StudyCallback
+from hpo.search import SearchOptions
+from hpo.search.driver import new_tuner
+from hpo.search.observer import StudyCallback
 from hpo.space import load_space
 
 ROOT = Path(__file__).parents[1]
@@ -41,8 +43,8 @@ def test_crashed_trials_are_retried_then_failed_and_the_search_goes_on(tmp_path)
         trainable = tune.with_resources(
             tune.with_parameters(crashes_on_adam, attempts_dir=str(attempts)), {"cpu": 1})
         space = dataclasses.replace(space, trials=6, max_epochs=2, starting_points={})
-        tuner = _new_tuner(space, SearchOptions(), study, trainable,
-                           _StudyCallback(board, None), slots=2)
+        tuner = new_tuner(space, SearchOptions(), study, trainable,
+                           StudyCallback(board, None), slots=2)
         tuner.fit()
     finally:
         ray.shutdown()

@@ -13,7 +13,10 @@ from rich.console import Console
 from hpo.leaderboard import Leaderboard
 from hpo.model import Infeasible, build_model
 from hpo.packing import CONTEXT_BYTES, Packer, predict_bytes
-from hpo.search import SearchOptions, _new_tuner, _probe, _StudyCallback, _trial_resources
+from hpo.search import SearchOptions
+from hpo.search.driver import new_tuner
+from hpo.search.observer import StudyCallback
+from hpo.search.placement import probe, trial_resources
 from hpo.space import load_space, random_configs
 from hpo.train import peak_memory
 
@@ -123,13 +126,13 @@ def test_tune_gives_each_trial_the_fraction_its_config_needs(tmp_path):
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         quiet = Console(quiet=True)
-        assert _probe(space, _FakeData(), SearchOptions(), quiet) is None  # no CUDA here
-        resources, slots = _trial_resources(SearchOptions(), ray.cluster_resources(), quiet,
+        assert probe(space, _FakeData(), SearchOptions(), quiet) is None  # no CUDA here
+        resources, slots = trial_resources(SearchOptions(), ray.cluster_resources(), quiet,
                                             packer, "packed")
         assert slots == 4
         trainable = tune.with_resources(reports_its_share, resources)
-        results = _new_tuner(space, SearchOptions(), study, trainable,
-                             _StudyCallback(board, None), slots=slots).fit()
+        results = new_tuner(space, SearchOptions(), study, trainable,
+                             StudyCallback(board, None), slots=slots).fit()
     finally:
         ray.shutdown()
     shares = [(r.config, r.metrics["share"]) for r in results]

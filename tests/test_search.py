@@ -177,19 +177,20 @@ def test_two_objectives_mark_the_pareto_front(tiny_parquet, tmp_path):
     assert [t.state.name for t in stored.trials].count("PRUNED") == (df.status == "stopped").sum()
 
 
-def test_trial_resources_follow_the_cluster():
+def testtrial_resources_follow_the_cluster():
     from io import StringIO
 
     from rich.console import Console
 
-    from hpo.search import SearchOptions, _trial_resources
+    from hpo.search import SearchOptions
+    from hpo.search.placement import trial_resources
 
     quiet = Console(file=StringIO())
     # CPUs only: one CPU per trial, as many as there are CPUs
-    assert _trial_resources(SearchOptions(), {"CPU": 8}, quiet) == ({"cpu": 1.0}, 8)
+    assert trial_resources(SearchOptions(), {"CPU": 8}, quiet) == ({"cpu": 1.0}, 8)
     # GPUs: a quarter GPU each by default, four trials per GPU
-    assert _trial_resources(SearchOptions(), {"CPU": 16, "GPU": 2}, quiet) == (
+    assert trial_resources(SearchOptions(), {"CPU": 16, "GPU": 2}, quiet) == (
         {"cpu": 1.0, "gpu": 0.25}, 8)
     # an autoscaling cluster with no GPU node up yet still gets GPU requests when asked
-    resources, _ = _trial_resources(SearchOptions(gpus_per_trial=0.5), {"CPU": 0}, quiet)
+    resources, _ = trial_resources(SearchOptions(gpus_per_trial=0.5), {"CPU": 0}, quiet)
     assert resources == {"cpu": 1.0, "gpu": 0.5}

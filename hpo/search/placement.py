@@ -1,0 +1,97 @@
+"""What each trial asks Ray for: CPUs, and a share of a GPU that its memory decides."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import ray
+import torch
+from ray import tune
+from rich.console import Console
+
+from hpo import train
+from hpo.data import Dataset
+from hpo.model import Infeasible
+from hpo.packing import Packer
+from hpo.search.options import SearchOptions
+from hpo.space import Space, random_configs
+
+# the packer of the study this process is searching: Tune calls _packed_resources for every
+# new trial, in this process, through the trainable it pickled (which names this module)
+_PACKERS: dict[str, Packer] = {}
+
+
+def _packed_resources(study: str, cpus: float, config: dict) -> tune.PlacementGroupFactory:
+    return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": _PACKERS[study].fraction(config)}])
+
+
+def trial_resources(options: SearchOptions, cluster: dict, console: Console,
+                     packer: Packer | None = None, study: str = ""):
+    """What each trial asks Ray for, and how many such trials fit the cluster as it is now.
+
+    With GPUs and no --gpus-per-trial, `packer` gives each trial its own fraction of a GPU,
+    from its predicted memory (a callable Tune calls per trial); without a packer, 0.25 GPU.
+    CPUs only otherwise. An explicit --gpus-per-trial is asked for even when no GPU is up yet:
+    on an autoscaling cluster the request is what makes the autoscaler add GPU nodes.
+    """
+    gpus, cpus = cluster.get("GPU", 0), cluster.get("CPU", 0)
+    resources = {"cpu": options.cpus_per_trial}
+    slots = int(cpus // options.cpus_per_trial)
+    if packer is not None and gpus and options.gpus_per_trial is None:
+        _PACKERS[study] = packer
+        return (functools.partial(_packed_resources, study, options.cpus_per_trial),
+                min(slots, int(gpus * packer.max_per_gpu)))
+    per = options.gpus_per_trial if options.gpus_per_trial is not None else (0.25 if gpus else 0)
+    if per:
+        resources["gpu"] = per
+        if gpus:
+            slots = min(slots, int(gpus / per))
+        else:
+            console.print(f"no GPU in the cluster yet: trials ask for {per} GPU each, for the "
+                          "autoscaler to add GPU nodes (set --concurrency for how many at once)")
+    return resources, slots
+
+
+def probe(space: Space, data: Dataset, options: SearchOptions,
+           console: Console) -> Packer | None:
+    """Measure a few configs' peak memory on one whole GPU of the cluster (the starting points
+    and four random draws) and return a Packer calibrated by them; None when no GPU answers
+    within ten minutes or the node has no CUDA (then trials get 0.25 GPU each)."""
+    configs = [space.point(n) for n in space.starting_points]
+    configs += random_configs(space, 4, seed=options.seed)
+    measure = ray.remote(num_gpus=1, num_cpus=options.cpus_per_trial)(_measure_memory)
+    try:
+        answer = ray.get(measure.remote(configs, data.image_shape, data.num_classes),
+                         timeout=600)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
+        console.print(f"[yellow]warning[/]: no GPU measured memory ({type(exc).__name__}); "
+                      "trials get 0.25 GPU each")
+        return None
+    if answer is None:
+        return None
+    total, measured = answer
+    data_bytes = sum(a.nbytes for a in (data.x_train, data.x_val))
+    data_bytes += 8 * (len(data.y_train) + len(data.y_val))  # labels live on the GPU as int64
+    packer = Packer(total, data_bytes, data.image_shape, data.num_classes,
+                    max_per_gpu=options.trials_per_gpu)
+    for config, peak in measured:
+        packer.observe(config, peak, data_bytes=0)
+    shares = Counter(round(1 / packer.fraction(c)) for c, _ in measured)
+    console.print(f"GPU memory {total / 2**30:.0f} GiB; measured {len(measured)} configs "
+                  f"(up to {max((p for _, p in measured), default=0) / 2**30:.1f} GiB each): "
+                  + ", ".join(f"{n} at {k} per GPU" for k, n in sorted(shares.items())))
+    return packer
+
+
+def _measure_memory(configs, image_shape, num_classes):
+    """On a GPU worker: (the GPU's total bytes, [(config, peak bytes)]) or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    measured = []
+    for config in configs:
+        try:
+            measured.append((config, train.peak_memory(config, image_shape, num_classes)))
+        except (Infeasible, torch.OutOfMemoryError):
+            continue
+    return torch.cuda.get_device_properties(0).total_memory, measured
