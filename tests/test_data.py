@@ -1,4 +1,4 @@
-"""hpo.data: formats, decode-once caching, splits and errors, on small generated data."""
+"""hpo.sources and hpo.data: formats, decode-once caching, splits and errors, on small data."""
 from __future__ import annotations
 
 import pickle
@@ -18,7 +18,7 @@ from conftest import (
     write_parquet_dataset,
     write_parquet_split,
 )
-from hpo import data
+from hpo import sources
 from hpo.data import DataError, Dataset, channel_stats, decode_count, load_dataset
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
@@ -61,7 +61,7 @@ def test_second_load_uses_cache_and_decodes_nothing(tiny_parquet, cache_dir, mon
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache should have been used")
 
-    monkeypatch.setattr(data, "_decode", no_decoding)
+    monkeypatch.setattr(sources, "_decode", no_decoding)
     second = load_dataset(tiny_parquet, cache_dir=cache_dir)
     assert decode_count() - before == 800
     assert second.fingerprint == first.fingerprint
