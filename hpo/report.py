@@ -147,11 +147,22 @@ def _header(ctx) -> str:
         "wall time": f"{meta['wall_s']:.0f} s" if meta.get("wall_s") else "not finished",
         "trials": f"{len(board)}: " + ", ".join(f"{counts[s]} {s}" for s in order),
         "busy": f"{busy:.0%} of the wall time computing" if busy is not None else "?",
+        "time went to": _time_spent(meta.get("time")),
         "best trial": (f"{best['trial_id']} · {metric} {_fmt(best[metric])}"
                        if pd.notna(best.get(metric)) else "none yet"),
     }
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items.items())
     return f"<h1>{escape(ctx['study'].name)}</h1>\n<dl>{rows}</dl>\n"
+
+
+def _time_spent(spent: dict | None) -> str:
+    if not spent:
+        return "?"
+    return (f"data {spent['data_s']:.0f} s and starting Ray {spent['ray_start_s']:.0f} s; "
+            f"no trial computing {spent['idle_s']:.0f} s of {spent['search_s']:.0f} s; "
+            f"in trial-seconds: training {spent['train_s']:.0f}, evaluation "
+            f"{spent['eval_s']:.0f}, start-up and reporting {spent['trial_other_s']:.0f} "
+            "(last run of the search)")
 
 
 def _need_epochs(ctx) -> pd.DataFrame:
