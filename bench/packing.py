@@ -58,7 +58,7 @@ def trial(rank: int, k: int, args: argparse.Namespace, config: dict, barrier, re
             warm = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n],
                                        x_val=data.x_val[:64], y_val=data.y_val[:64],
                                        fingerprint=data.fingerprint + "-warmup")
-            run_trial({**config, "epochs": 1}, warm, lambda *a: None, device)
+            run_trial({**config, "epochs": 1}, warm, lambda *a, **k: None, device)
         to_device(data, device)  # the host->device copy stays untimed; run_trial reuses it
         if cuda:
             torch.cuda.synchronize(device)
@@ -66,7 +66,7 @@ def trial(rank: int, k: int, args: argparse.Namespace, config: dict, barrier, re
         barrier.wait(timeout=args.timeout)
         start = time.time()
         rows: list[dict] = []
-        final = run_trial(config, data, lambda m, model=None: rows.append(m), device)
+        final = run_trial(config, data, lambda m, *a, **k: rows.append(m), device)
         end = time.time()
         epochs = [r for r in rows if "train_seconds" in r]  # a diverged trial's last row has none
         results.put({

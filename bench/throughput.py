@@ -90,9 +90,9 @@ def engine(config: dict, data: Dataset, device: torch.device, warmup: int) -> di
     """run_trial for config["epochs"] epochs after a short untimed warm-up trial."""
     if warmup:
         warm = warmup_slice(data, warmup * config["batch_size"])
-        run_trial(config, warm, lambda *a: None, device)
+        run_trial(config, warm, lambda *a, **k: None, device)
     rows: list[dict] = []
-    final = run_trial(config, data, lambda m, model=None: rows.append(m), device)
+    final = run_trial(config, data, lambda m, *a, **k: rows.append(m), device)
     if final["status"] != "completed":
         sys.exit(f"engine trial ended {final['status']}: {final.get('reason')}")
     return rows[0]

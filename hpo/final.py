@@ -58,7 +58,7 @@ def retrain(config: Mapping[str, Any], data: Dataset, seeds: Sequence[int], out:
 def _one_seed(config, data: Dataset, full: Dataset, out: Path, name: str, bar, task) -> dict:
     last: dict[str, Any] = {}
 
-    def report(metrics, model=None):
+    def report(metrics, model=None, state=None):
         last.update(metrics=metrics, model=model)
         bar.update(task, completed=metrics["epoch"],
                    info=f"train loss {metrics['train_loss']:.3f}")

@@ -64,7 +64,8 @@ class Leaderboard:
         self.path, self.metric, self.mode = Path(path), metric, mode
         self.others = tuple(others)  # further objectives: then a `pareto` column marks the front
         self.rows: dict[str, dict[str, Any]] = {}
-        self.epochs: list[dict[str, Any]] = []  # every epoch of every trial: the learning curves
+        # every epoch of every trial, by trial and epoch: the learning curves
+        self.curves: dict[str, dict[int, dict[str, Any]]] = {}
         self._started: dict[str, float] = {}
 
     @classmethod
@@ -84,30 +85,34 @@ class Leaderboard:
         epochs_path = board.path.parent / "epochs.csv"
         if epochs_path.is_file():
             curves = pd.read_csv(epochs_path, dtype={"trial_id": str})
-            board.epochs = curves.astype(object).where(curves.notna(), None).to_dict("records")
+            for record in curves.astype(object).where(curves.notna(), None).to_dict("records"):
+                board.curves.setdefault(str(record["trial_id"]), {})[int(record["epoch"])] = record
         return board
 
     def start(self, trial_id: str, config: Mapping[str, Any]) -> None:
-        """A trial began, or began again after a retry or a resume: it trains from epoch 1,
-        so what it reported before is dropped."""
+        """A trial began, or began again after a retry or a resume: then it goes on from its
+        last checkpoint, and the epochs it reports again replace those it reported before."""
         self._started[trial_id] = time.time()
-        self.rows[trial_id] = {"trial_id": trial_id, "config": dict(config),
-                               "status": "running", "reason": "", "epochs_trained": 0}
-        self.epochs = [e for e in self.epochs if e["trial_id"] != trial_id]
+        row = self.rows.get(trial_id)
+        if row is None:
+            self.rows[trial_id] = {"trial_id": trial_id, "config": dict(config),
+                                   "status": "running", "reason": "", "epochs_trained": 0}
+        else:
+            row.update(status="running", reason="")
 
     def result(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
         """One epoch's report from a trial."""
         row = self.rows[trial_id]
-        value = metrics.get(self.metric)
         epoch = int(metrics.get("epoch", 0))
         if epoch > 0:
-            self.epochs.append({"trial_id": trial_id, "epoch": epoch,
-                                **{k: metrics.get(k) for k in EPOCH_COLUMNS[2:]}})
-        if epoch > 0 and value is not None and math.isfinite(value):
-            best = row.get(self.metric)
-            if best is None or (value > best if self.mode == "max" else value < best):
-                row[self.metric], row["best_epoch"] = value, epoch
-        row["epochs_trained"] = max(row.get("epochs_trained", 0), epoch)
+            # a trial started again re-reports the epochs after its checkpoint
+            curve = self.curves.setdefault(trial_id, {})
+            for later in [e for e in curve if e >= epoch]:
+                del curve[later]
+            curve[epoch] = {"trial_id": trial_id, "epoch": epoch,
+                            **{k: metrics.get(k) for k in EPOCH_COLUMNS[2:]}}
+            self._rank_epochs(row)
+        row["epochs_trained"] = epoch if epoch > 0 else row.get("epochs_trained", 0)
         row["params"] = metrics.get("params", row.get("params"))
         if metrics.get("img_per_s"):
             row["img_per_s"] = round(metrics["img_per_s"], 1)
@@ -115,6 +120,19 @@ class Leaderboard:
         if metrics.get("status") not in (None, "running", "completed"):
             row["status"], row["reason"] = metrics["status"], metrics.get("reason", "")
         row["wall_s"] = round(time.time() - self._started.get(trial_id, time.time()), 2)
+
+    def _rank_epochs(self, row: dict[str, Any]) -> None:
+        """The row's best value and epoch, from the trial's epochs."""
+        values = [(e[self.metric], e["epoch"])
+                  for e in self.curves.get(row["trial_id"], {}).values()
+                  if e.get(self.metric) is not None and math.isfinite(e[self.metric])]
+        if values:
+            sign = 1 if self.mode == "max" else -1
+            value, epoch = max(values, key=lambda v: (sign * v[0], -v[1]))
+            row[self.metric], row["best_epoch"] = value, epoch
+        else:
+            row.pop(self.metric, None)
+            row.pop("best_epoch", None)
 
     def finish(self, trial_id: str, status: str | None = None, reason: str = "") -> None:
         """A trial ended. Without `status`, it is decided from what the trial reported:
@@ -130,7 +148,7 @@ class Leaderboard:
     def drop(self, trial_id: str) -> None:
         """Forget a trial and its epochs (one a resumed run re-enqueues under a new id)."""
         self.rows.pop(trial_id, None)
-        self.epochs = [e for e in self.epochs if e["trial_id"] != trial_id]
+        self.curves.pop(trial_id, None)
 
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """For each trial that has ended, the result that says so: what a resumed study
@@ -194,7 +212,8 @@ class Leaderboard:
         self.frame().to_csv(buf, index=False)
         write_atomic(self.path, buf.getvalue())
         buf = io.StringIO()
-        pd.DataFrame.from_records(self.epochs, columns=EPOCH_COLUMNS).to_csv(buf, index=False)
+        epochs = [e for curve in self.curves.values() for _, e in sorted(curve.items())]
+        pd.DataFrame.from_records(epochs, columns=EPOCH_COLUMNS).to_csv(buf, index=False)
         write_atomic(self.path.parent / "epochs.csv", buf.getvalue())
 
     def best(self) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from hpo.augment import augment
 from hpo.data import Dataset, channel_stats
 from hpo.model import Infeasible, build_model, count_parameters
 
-Report = Callable[..., None]  # report(metrics: dict, model: nn.Module | None = None)
+Report = Callable[..., None]  # report(metrics: dict, model=None, state=None)
 
 EVAL_BATCH = 2048  # large: evaluation has no backward pass to hold memory for
 
@@ -180,16 +180,22 @@ def peak_memory(config: Mapping[str, Any], image_shape: tuple[int, int, int],
 
 
 def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
-              device: str | torch.device | None = None) -> dict[str, Any]:
+              device: str | torch.device | None = None,
+              resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train the model `config` describes for config["epochs"] epochs on `data`.
 
-    Calls report(metrics, model) once per epoch with `epoch`, `epochs`, `val_acc`, `val_loss`,
-    `train_loss`, `img_per_s`, `params`, `gpu_peak` (bytes the process reserved on the GPU
-    at its peak, dataset included; None on the CPU) and `status` ("running", or "completed"
-    at the last epoch). A config that cannot be built for the input is reported once with status
-    "infeasible"; a non-finite training loss ends the trial as "diverged"; running out of
-    device memory as "oom". None of these raise. Returns the last metrics reported.
-    The test split is never read.
+    Calls report(metrics, model, state=state) once per epoch, metrics with `epoch`,
+    `epochs`, `val_acc`, `val_loss`, `train_loss`, `img_per_s`, `params`, `gpu_peak` (bytes
+    the process reserved on the GPU at its peak, dataset included; None on the CPU) and
+    `status` ("running", or "completed" at the last epoch); `state()` returns what `resume`
+    takes, less the model's state_dict (its "model"). A config that cannot be built for the
+    input is reported once with status "infeasible"; a non-finite training loss ends the
+    trial as "diverged"; running out of device memory as "oom". None of these raise.
+    Returns the last metrics reported. The test split is never read.
+
+    With `resume` (a `state()` of an earlier run of the same config, plus "model"), training
+    continues after that epoch as it would have gone on: the same weights, optimizer state,
+    schedule position and random streams.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -209,13 +215,15 @@ def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
         return stop("infeasible", str(exc))
     base["params"] = count_parameters(model)
     try:
-        return _train(config, data, report, model, device, cuda, generator, base, stop)
+        return _train(config, data, report, model, device, cuda, generator, base, stop,
+                      resume)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         # out of device or host memory: this config does not fit, so it is not retried
         return stop("oom", (str(exc).splitlines() or ["out of memory"])[0])
 
 
-def _train(config, data, report, model, device, cuda, generator, base, stop) -> dict[str, Any]:
+def _train(config, data, report, model, device, cuda, generator, base, stop,
+           resume) -> dict[str, Any]:
     dev = to_device(data, device)
     if cuda:
         # a reused worker still holds the last trial's cached blocks and peak: start clean,
@@ -235,8 +243,26 @@ def _train(config, data, report, model, device, cuda, generator, base, stop) -> 
     steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm needs > 1 sample
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     plateau_scale, plateau_best, plateau_wait = 1.0, math.inf, 0
-    step, metrics = 0, base
-    for epoch in range(1, config["epochs"] + 1):
+    step, metrics, first = 0, base, 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        step, first = resume["step"], resume["epoch"] + 1
+        plateau_scale, plateau_best, plateau_wait = resume["plateau"]
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["cpu_rng"])
+        if cuda and resume.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+
+    def state() -> dict[str, Any]:
+        # everything but the weights that the next epoch depends on (dropout draws from
+        # the global streams; batches and augmentation from `generator`)
+        return {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
+                "plateau": [plateau_scale, plateau_best, plateau_wait],
+                "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None}
+
+    for epoch in range(first, config["epochs"] + 1):
         model.train()
         if cuda:
             torch.cuda.synchronize()
@@ -275,5 +301,5 @@ def _train(config, data, report, model, device, cuda, generator, base, stop) -> 
                    "train_seconds": seconds, "t_start": t_start, "t_end": time.time(),
                    "gpu_peak": torch.cuda.max_memory_reserved(device) if cuda else None,
                    "status": status}
-        report(metrics, model)
+        report(metrics, model, state=state)
     return metrics

@@ -3,13 +3,16 @@ times, then recorded as failed with its error's last line; Optuna is told FAIL; 
 goes on. Real Ray, with a trainable that crashes for some configs."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import ray
 from ray import tune
 
+from hpo.data import load_dataset
 from hpo.leaderboard import Leaderboard
 from hpo.search import SearchOptions
 from hpo.search.driver import new_tuner
@@ -58,3 +61,49 @@ def test_crashed_trials_are_retried_then_failed_and_the_search_goes_on(tmp_path)
     assert len(adam_attempts) == 3 * len(failed)
     stored = optuna.load_study(study_name="crashy", storage=f"sqlite:///{study / 'study.db'}")
     assert [t.state.name for t in stored.trials].count("FAIL") == len(failed)
+
+
+def test_a_crashed_trial_goes_on_from_its_checkpoint(tmp_path, tiny_parquet):
+    def crashes_once_in_epoch_3(config, data, metric, mode, marker):
+        import hpo.train
+        from hpo.search.trainable import train_trial
+
+        real = hpo.train.evaluate
+        calls = [0]
+
+        def evaluate(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3 and not Path(marker).exists():
+                Path(marker).touch()
+                raise RuntimeError("simulated crash in epoch 3")
+            return real(*args, **kwargs)
+
+        hpo.train.evaluate = evaluate
+        try:
+            train_trial(config, data, metric, mode)
+        finally:
+            hpo.train.evaluate = real
+
+    space = dataclasses.replace(load_space(ROOT / "tests/spaces/tiny.py"), trials=1,
+                                max_epochs=4, grace_period=4, starting_points={})
+    study = tmp_path / "crash-once"
+    study.mkdir()
+    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(
+            crashes_once_in_epoch_3, data=load_dataset(tiny_parquet).without_test(),
+            metric="val_acc", mode="max", marker=str(tmp_path / "crashed")), {"cpu": 1})
+        new_tuner(space, SearchOptions(), study, trainable, StudyCallback(board, None),
+                  slots=1).fit()
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "crashed").exists()
+    row = board.frame().iloc[0]
+    assert (row.status, row.epochs_trained) == ("completed", 4)
+    # Tune's record of every report: the second attempt began after the checkpoint, not at 1
+    reported = [json.loads(line)["epoch"]
+                for line in next((study / "ray").glob("*/result.json")).read_text().splitlines()]
+    assert reported[:2] == [1, 2] and reported.count(1) == 1 and reported[-1] == 4
+    board.write()
+    assert list(pd.read_csv(study / "epochs.csv").epoch) == [1, 2, 3, 4]

@@ -75,3 +75,22 @@ def test_a_second_objective_marks_the_pareto_front(tmp_path):
     df = board.frame().set_index("trial_id")
     # "worse" is beaten by "mid" on both; each of the others is best at its size
     assert dict(df["pareto"]) == {"big": True, "mid": True, "small": True, "worse": False}
+
+
+def test_a_trial_started_again_replaces_the_epochs_it_reports_again(tmp_path):
+    board = Leaderboard(tmp_path / "leaderboard.csv", "val_acc", "max")
+    board.start("a", {"epochs": 4})
+    for e, v in enumerate([0.5, 0.8, 0.9], 1):
+        board.result("a", {"epoch": e, "val_acc": v})
+    # it crashed and Tune started it again from its checkpoint after epoch 2
+    board.start("a", {"epochs": 4})
+    assert board.rows["a"]["val_acc"] == 0.9 and board.rows["a"]["status"] == "running"
+    for e, v in [(3, 0.7), (4, 0.75)]:
+        board.result("a", {"epoch": e, "val_acc": v})
+    board.finish("a")
+    board.write()
+    row = read_leaderboard(tmp_path).iloc[0]
+    assert (row.val_acc, row.best_epoch, row.epochs_trained, row.status) == (
+        0.8, 2, 4, "completed")
+    curve = pd.read_csv(tmp_path / "epochs.csv")
+    assert list(curve.epoch) == [1, 2, 3, 4] and list(curve.val_acc) == [0.5, 0.8, 0.7, 0.75]

@@ -186,11 +186,15 @@ def test_search_survives_losing_a_node(cluster, tiny_parquet, tmp_path):
     # a trial fails only after Tune's retries (max_failures=2), with the error it ended on
     assert (failed["reason"].fillna("") != "").all(), failed[["trial_id", "reason"]]
 
-    # the trial the worker was training ran again (Tune's retry) to its end on the node left
+    # the trial the worker was training went on (Tune's retry, from its last checkpoint) to
+    # its end on the node left: its curve has each epoch once, the later ones from the head
     assert moved, f"no trial ran on both nodes; the worker was training {victims}"
     epochs = read_csv(study / "epochs.csv")
-    last_attempt = epochs[epochs["trial_id"].isin(moved)]["node"]
-    assert set(last_attempt.map(lambda v: which_node(v, cluster.ids))) == {"head"}
+    for trial_id in moved:
+        curve = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")
+        assert list(curve["epoch"]) == list(range(1, len(curve) + 1)), curve
+        nodes = [which_node(v, cluster.ids) for v in curve["node"]]
+        assert nodes[-1] == "head" and nodes == sorted(nodes, key=["worker", "head"].index)
     # nothing started on the worker after it died
     late = epochs[(epochs["t_start"] > t_kill)
                   & (epochs["node"].map(lambda v: which_node(v, cluster.ids)) == "worker")]

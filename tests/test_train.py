@@ -1,5 +1,6 @@
 """The trial function, called directly: no Ray, a list as its report callback."""
 
+import copy
 import math
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_overfits_one_small_batch():
     config = complete(dict(stages=2, width=16, optimizer="adam", lr=1e-2, batch_size=32,
                            epochs=60, normalize=True))
     rows = []
-    run_trial(config, dataset(val_is_train=True), lambda m, model=None: rows.append(m))
+    run_trial(config, dataset(val_is_train=True), lambda m, *a, **k: rows.append(m))
     assert rows[-1]["train_loss"] < 0.1 * rows[0]["train_loss"]
     assert rows[-1]["val_acc"] == 1.0
 
@@ -37,7 +38,7 @@ def test_reports_every_epoch_with_the_expected_keys():
     config = complete(dict(stages=1, width=8, epochs=3, batch_size=8, aug_flip=True,
                            aug_crop=2, aug_cutout=4))
     rows = []
-    final = run_trial(config, dataset(n=40), lambda m, model=None: rows.append(m))
+    final = run_trial(config, dataset(n=40), lambda m, *a, **k: rows.append(m))
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(KEYS <= set(r) for r in rows)
     assert [r["status"] for r in rows] == ["running", "running", "completed"]
@@ -47,14 +48,14 @@ def test_reports_every_epoch_with_the_expected_keys():
 def test_grayscale_non_square_data_trains():
     config = complete(dict(stages=2, width=8, epochs=1, batch_size=8, aug_rotate=10.0,
                            aug_zoom=0.1, aug_shear=5.0))
-    final = run_trial(config, dataset(n=24, channels=1, size=20, classes=3), lambda *a: None)
+    final = run_trial(config, dataset(n=24, channels=1, size=20, classes=3), lambda *a, **k: None)
     assert final["status"] == "completed"
 
 
 def test_infeasible_config_reports_once_and_returns():
     config = complete(dict(stages=5, kernel=5, padding="valid", pool_last=True))
     rows = []
-    final = run_trial(config, dataset(), lambda m, model=None: rows.append(m))
+    final = run_trial(config, dataset(), lambda m, *a, **k: rows.append(m))
     assert final["status"] == "infeasible" and "valid conv" in final["reason"]
     assert len(rows) == 1 and rows[0]["epoch"] == 0
 
@@ -70,7 +71,7 @@ def test_non_finite_loss_ends_the_trial_as_diverged(monkeypatch):
     monkeypatch.setattr("hpo.train.augment", poisoned)
     config = complete(dict(stages=1, width=8, epochs=5, batch_size=8))
     rows = []
-    final = run_trial(config, dataset(n=32), lambda m, model=None: rows.append(m))
+    final = run_trial(config, dataset(n=32), lambda m, *a, **k: rows.append(m))
     assert final["status"] == "diverged" and final["epoch"] == 2
     assert [r["status"] for r in rows] == ["running", "diverged"]
 
@@ -115,3 +116,27 @@ def test_every_training_and_augmentation_value_trains(name, value):
         config["batch_size"] = min(value, 16)
     final = run_trial(config, dataset(n=24), lambda *a, **k: None)
     assert final["status"] == "completed" and math.isfinite(final["train_loss"])
+
+
+def test_resume_continues_exactly_where_the_state_was_taken():
+    # dropout (global RNG), augmentation and batches (the trial's generator), Adam's moments
+    # and a plateau schedule: everything the next epochs depend on travels in the state
+    config = complete(dict(stages=2, width=8, epochs=4, batch_size=8, optimizer="adam",
+                           lr=3e-3, schedule="plateau", plateau_patience=0, dropout=0.3,
+                           aug_flip=True, aug_crop=2, aug_cutout=4))
+    data = dataset(n=40)
+    rows, saved = [], {}
+
+    def report(metrics, model=None, state=None):
+        rows.append(metrics)
+        if metrics["epoch"] == 2:
+            saved.update(copy.deepcopy(state()),
+                         model=copy.deepcopy(model.state_dict()))
+
+    run_trial(config, data, report)
+    resumed = []
+    final = run_trial(config, data, lambda m, *a, **k: resumed.append(m), resume=saved)
+    assert [r["epoch"] for r in resumed] == [3, 4] and final["status"] == "completed"
+    for a, b in zip(rows[2:], resumed):
+        assert (a["train_loss"], a["val_loss"], a["val_acc"]) == (
+            b["train_loss"], b["val_loss"], b["val_acc"])
