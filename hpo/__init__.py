@@ -1,13 +1,19 @@
 """hpo: hyperparameter search for image-classification CNNs (Optuna TPE + ASHA on Ray Tune).
 
-The pieces a user or a test calls directly; none of them imports Ray (the hpo.search package does).
+The pieces a user or a test calls directly; none of them imports Ray (the hpo.search package
+does). They load on first use, so `import hpo.space` or `hpo --help` does not import torch.
 """
 
-from hpo.data import Dataset, load_dataset
-from hpo.leaderboard import read_leaderboard
-from hpo.model import build_model, count_parameters
-from hpo.space import load_space
-from hpo.train import run_trial
+import importlib
 
-__all__ = ["Dataset", "build_model", "count_parameters", "load_dataset", "load_space",
-           "read_leaderboard", "run_trial"]
+_HOMES = {"Dataset": "hpo.data", "load_dataset": "hpo.data",
+          "read_leaderboard": "hpo.leaderboard", "build_model": "hpo.model",
+          "count_parameters": "hpo.model", "load_space": "hpo.space", "run_trial": "hpo.train"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'hpo' has no attribute {name!r}")

@@ -100,7 +100,7 @@ def cmd_leaderboard(args) -> int:
         table.add_column(c, justify="right" if numeric else "left",
                          min_width=min(len(c), 10))
     for _, row in board[columns].iterrows():
-        table.add_row(*("" if _missing(v) else _fmt(v) for v in row))
+        table.add_row(*("" if pd.isna(v) else _fmt(v) for v in row))
     console.print(table)
     return 0
 
@@ -157,10 +157,6 @@ def cmd_show(args) -> int:
         points.add_row(name, n)
     console.print(points)
     return 0
-
-
-def _missing(v) -> bool:
-    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
 
 
 def _fmt(v) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from hpo.data import Dataset
 from hpo.model import Infeasible, build_model
 from hpo.train import EVAL_BATCH
 
@@ -51,6 +52,13 @@ def predict_bytes(config: Mapping[str, Any], image_shape: tuple[int, int, int],
     # input and output (and a temporary) are alive at once
     evaluation = 3 * max(sizes, default=0) * EVAL_BATCH // config["batch_size"]
     return 2 * max(training, evaluation) + 4 * params * (2 + slots)
+
+
+def device_bytes(data: Dataset) -> int:
+    """Bytes of `data` a trial keeps on its GPU (train.to_device): the uint8 images of the
+    training and validation splits, and their labels as int64."""
+    return (data.x_train.nbytes + data.x_val.nbytes
+            + 8 * (len(data.y_train) + len(data.y_val)))
 
 
 @dataclass

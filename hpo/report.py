@@ -51,14 +51,14 @@ def write_report(study: str | Path) -> Path:
     leaderboard.csv raises (FileNotFoundError). Never imports Ray.
     """
     from hpo.space import SpaceError
-    from hpo.study import load_study_space
+    from hpo.study import apply_options, load_study_space, read_meta
 
     study = Path(study)
     board = read_leaderboard(study)
-    meta_path = study / "study.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_meta(study)
     try:
-        space = load_study_space(study)
+        # the budget the search ran under: its rungs are drawn from it
+        space = apply_options(load_study_space(study), meta.get("options") or {})
     except SpaceError:
         space = None
     metric = space.metric if space else str(board.columns[4])
@@ -174,11 +174,10 @@ def _need_epochs(ctx) -> pd.DataFrame:
 
 def _rungs(ctx) -> tuple[list[float], str]:
     space, board = ctx["space"], ctx["board"]
-    # ASHA's milestones as hpo.search sets them up (--max-epochs may have lowered the top); the
-    # one at max_epochs itself is left out, as every trial ends there anyway
+    # ASHA's milestones as hpo.search sets them up; the one at max_epochs itself is left out,
+    # as every trial ends there anyway
     if space:
-        top = (ctx["meta"].get("options") or {}).get("max_epochs") or space.max_epochs
-        grace, rf = min(space.grace_period, top), space.reduction_factor
+        top, grace, rf = space.max_epochs, space.grace_period, space.reduction_factor
         return ([grace * rf**k for k in range(64) if grace * rf**k < top],
                 f"ASHA rungs (grace {grace}, factor {rf:g})")
     stopped = board.loc[board["status"] == "stopped", "epochs_trained"].dropna()

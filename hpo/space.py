@@ -121,8 +121,7 @@ class Space:
     name: str
     path: Path
     source: str
-    metric: str
-    mode: str
+    objectives: tuple[tuple[str, str], ...]  # (metric, mode) of each; the first ranks
     trials: int
     max_epochs: int
     grace_period: int
@@ -134,7 +133,15 @@ class Space:
     channels: int | None = None
     val_fraction: float = 0.1
     concurrency: int | None = None
-    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each; the first ranks
+
+    @property
+    def metric(self) -> str:
+        """The metric that ranks the leaderboard and drives ASHA (the first objective)."""
+        return self.objectives[0][0]
+
+    @property
+    def mode(self) -> str:
+        return self.objectives[0][1]
 
     def sample(self, trial) -> dict[str, Any]:
         """Draw one config with an Optuna trial (define-by-run); return the complete config.
@@ -181,6 +188,15 @@ class Space:
         return {k: config[k] for k, dim in self.searched().items()
                 if k in config and (dim.when is None or dim.when(config))
                 and _contains(dim, config[k])}
+
+    def enqueue(self, study, config: dict[str, Any]) -> None:
+        """Queue `config` (a starting point's or a sampled one) in an Optuna study, so that
+        the trial Optuna hands out next samples exactly that config."""
+        if config.get("point") in self.starting_points:
+            study.enqueue_trial(self.point_params(config["point"]),
+                                user_attrs={"hpo_point": config["point"]})
+        elif config:
+            study.enqueue_trial(self.params_of(config))
 
     def searched(self) -> dict[str, Dimension]:
         return {k: v for k, v in self.dimensions.items() if _is_dim(v)}
@@ -272,8 +288,6 @@ def _build(path: Path, m) -> Space:
         name=get("name", path.stem),
         path=path,
         source=path.read_text(),
-        metric=objectives[0][0],
-        mode=objectives[0][1],
         objectives=objectives,
         trials=m.trials,
         max_epochs=m.max_epochs,

@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from hpo.leaderboard import write_json
 
@@ -85,11 +85,9 @@ def load_study_data(study: Path, data: str | None = None, fraction: float | None
 
     meta = read_meta(study)
     options = meta.get("options", {})
-    space = load_study_space(study)
-    if options.get("max_epochs"):
-        # the budget the study ran under (--max-epochs), so that a starting point retrained
-        # for a side-by-side trains as long as the best config did
-        space = dataclasses.replace(space, max_epochs=options["max_epochs"])
+    # the budget the study ran under (--max-epochs), so that a starting point retrained for a
+    # side-by-side trains as long as the best config did
+    space = apply_options(load_study_space(study), options)
     source = data or meta.get("data")
     if not source:
         raise ValueError(f"{study}: no data recorded; pass --data")
@@ -97,6 +95,23 @@ def load_study_data(study: Path, data: str | None = None, fraction: float | None
     dataset = load_dataset(source, val_fraction=space.val_fraction, seed=options.get("seed", 0),
                            fraction=frac, image_size=space.image_size, channels=space.channels)
     return space, dataset
+
+
+def apply_options(space, options: Mapping[str, Any]):
+    """`space` under the budget a search's options set: `trials`, `max_epochs` (which also
+    caps the grace period) and `grace_period`, each left as the space file has it when None
+    or absent. Raises ValueError for a grace period outside 1..max_epochs."""
+    if options.get("trials") is not None:
+        space = dataclasses.replace(space, trials=options["trials"])
+    if options.get("max_epochs") is not None:
+        space = dataclasses.replace(space, max_epochs=options["max_epochs"],
+                                    grace_period=min(space.grace_period, options["max_epochs"]))
+    grace = options.get("grace_period")
+    if grace is not None:
+        if not 1 <= grace <= space.max_epochs:
+            raise ValueError(f"--grace-period must be in 1..{space.max_epochs}")
+        space = dataclasses.replace(space, grace_period=grace)
+    return space
 
 
 def load_study_space(study: Path):

@@ -134,6 +134,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: DeviceData
     return loss.item() / n, correct.item() / n
 
 
+def setup_training(model: nn.Module, config: Mapping[str, Any], device: torch.device):
+    """The model on `device` with its optimizer, loss and the dtype batches are made in."""
+    cuda = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if cuda
+                     else torch.contiguous_format)
+    # augment and normalise in bf16 on the GPU (half the memory traffic); batch shapes are
+    # fixed, so cuDNN's autotuner pays for itself after the first steps
+    torch.backends.cudnn.benchmark = cuda
+    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    return (model, make_optimizer(model, config), criterion,
+            torch.bfloat16 if cuda else torch.float32)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One optimisation step on a preprocessed batch; returns the loss, still on the device."""
@@ -154,10 +167,8 @@ def peak_memory(config: Mapping[str, Any], image_shape: tuple[int, int, int],
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_reserved(device)
-    model = build_model(config, image_shape, num_classes)
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    model, optimizer, criterion, dtype = setup_training(
+        build_model(config, image_shape, num_classes), config, device)
     c = image_shape[0]
     dev = DeviceData(*(torch.empty(0, device=device),) * 4, num_classes=num_classes,
                      mean=torch.zeros(1, c, 1, 1, device=device),
@@ -165,9 +176,8 @@ def peak_memory(config: Mapping[str, Any], image_shape: tuple[int, int, int],
     x = torch.randint(0, 256, (config["batch_size"], *image_shape), dtype=torch.uint8,
                       device=device)
     y = torch.randint(0, num_classes, (config["batch_size"],), device=device)
-    torch.backends.cudnn.benchmark = True
     for _ in range(steps):
-        xb = preprocess(x, dev, config, torch.bfloat16, train=True)
+        xb = preprocess(x, dev, config, dtype, train=True)
         train_step(model, optimizer, criterion, xb, y)
     x_eval = torch.randint(0, 256, (EVAL_BATCH, *image_shape), dtype=torch.uint8, device=device)
     evaluate(model, x_eval, torch.zeros(EVAL_BATCH, dtype=torch.long, device=device), dev,
@@ -230,14 +240,7 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
         # so `gpu_peak` is this trial's (what packing trials onto GPUs learns from)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    layout = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
-    # augment and normalise in bf16 on the GPU (half the memory traffic); batch shapes are
-    # fixed, so cuDNN's autotuner pays for itself after the first steps
-    dtype = torch.bfloat16 if cuda else torch.float32
-    torch.backends.cudnn.benchmark = cuda
-    optimizer = make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    model, optimizer, criterion, dtype = setup_training(model, config, device)
     n = len(dev.x_train)
     batch = min(config["batch_size"], n)
     steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm needs > 1 sample

@@ -6,7 +6,7 @@ ranges to what suits images of that size. Nothing in hpo/ needs to change.
     hpo search spaces/imagefolder.py --data path/to/folder
 """
 
-from hpo.space import choice, intrange, loguniform, stage, uniform
+from hpo.space import choice, dense, intrange, loguniform, stage, uniform
 
 image_size = 64  # every image is resized to 64x64 when decoded (once, then cached)
 channels = None  # 1 = grayscale, 3 = RGB, None = grayscale if the images are
@@ -31,7 +31,7 @@ dimensions = {
     **{f"dropout_{s}": uniform(0.0, 0.3, when=stage(s)) for s in range(1, 6)},
     "head": "gap",
     "dense_layers": intrange(0, 1),
-    "dense_1": choice([128, 256], when=lambda c: c["dense_layers"] >= 1),
+    "dense_1": choice([128, 256], when=dense(1)),
     "aug_flip": choice([True, False]),  # turn off for images whose left and right differ
     "aug_crop": choice([0, 4, 8]),
     "aug_rotate": choice([0.0, 15.0]),

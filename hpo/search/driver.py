@@ -71,14 +71,7 @@ def run_search(space: Space, options: SearchOptions, console: Console | None = N
         t1 = time.time()
         busy = busy_fraction(callback.intervals, t0, t1)
         meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1), busy_fraction=round(busy, 4))
-        spent = callback.seconds
-        meta["time"] = {  # of this run: the wall clock's and, summed over trials, theirs
-            "data_s": round(t_load, 2), "search_s": round(t1 - t0, 2),
-            "ray_start_s": round(callback.ray_start_s, 2),
-            "idle_s": round((1 - busy) * (t1 - t0), 2),
-            "train_s": round(spent["train"], 2), "eval_s": round(spent["eval"], 2),
-            "trial_other_s": round(max(0.0, spent["trials"] - spent["train"] - spent["eval"]),
-                                   2)}
+        meta["time"] = {"data_s": round(t_load, 2), **callback.time_spent(t0, t1, busy)}
         best = board.best()
         if best:
             write_json(study / "best.json", best["config"])
@@ -127,8 +120,7 @@ def _run_tuner(space, options, data, study, board, meta,
                   if cluster.get("GPU") and options.gpus_per_trial is None else None)
         resources, slots = trial_resources(options, cluster, console, packer, study.name)
         progress = Progress(console, study.name, space.trials, space.metric)
-        callback = StudyCallback(board, progress, packer=packer)
-        callback.ray_start_s = t_ray
+        callback = StudyCallback(board, progress, packer=packer, ray_start_s=t_ray)
         interrupted = False
         with progress:
             # one Tune experiment per stretch of trials: the one an interrupted run left is
@@ -189,7 +181,7 @@ def _next_tuner(space, options, data, study, board, meta, resources, slots, call
     if len(experiments) > 1:
         console.print(f"{len(board.rows)} trials so far; {remaining} more")
     return new_tuner(space, options, study, trainable, callback, slots, remaining,
-                      name, board), name
+                     name, board), name
 
 
 def _experiment_path(options: SearchOptions, study: Path, name: str) -> str:
@@ -208,35 +200,29 @@ def _requeue_lost(board, space, options, study, experiment, console) -> None:
         return
     stored = optuna.load_study(study_name=study.name, storage=storage(options, study))
     for trial_id in lost:
-        config = board.rows[trial_id]["config"]
-        if config.get("point") in space.starting_points:
-            stored.enqueue_trial(space.point_params(config["point"]),
-                                 user_attrs={"hpo_point": config["point"]})
-        elif config:
-            stored.enqueue_trial(space.params_of(config))
+        space.enqueue(stored, board.rows[trial_id]["config"])
         board.drop(trial_id)
     console.print(f"{len(lost)} trial(s) started just before the interruption are queued again")
 
 
 def new_tuner(space, options, study, trainable, callback, slots, trials: int | None = None,
-               name: str = "ray", board: Leaderboard | None = None) -> tune.Tuner:
+              name: str = "ray", board: Leaderboard | None = None) -> tune.Tuner:
     """A Tune experiment of `trials` trials (default: the space's) in results/<study>/<name>
     (or --storage-path/<name>); starting points not yet on `board` are enqueued first."""
     concurrency = max(1, int(options.concurrency or space.concurrency or slots))
+    rows = board.rows.values() if board else ()
     # a study extended by a new experiment must not draw the first one's random configs again
-    tried = {row["config"].get("point") for row in (board.rows.values() if board else ())}
-    sampler = optuna.samplers.TPESampler(seed=options.seed + len(board.rows if board else ()),
-                                         constant_liar=True)
+    sampler = optuna.samplers.TPESampler(seed=options.seed + len(rows), constant_liar=True)
     multi = len(space.objectives) > 1
     searcher = HpoSearch(space=space.sample,
                          metric=[m for m, _ in space.objectives] if multi else space.metric,
                          mode=[d for _, d in space.objectives] if multi else space.mode,
                          sampler=sampler, storage=storage(options, study),
                          study_name=study.name)
+    tried = {row["config"].get("point") for row in rows}
     for point in space.starting_points:
         if point not in tried:
-            searcher._ot_study.enqueue_trial(space.point_params(point),
-                                             user_attrs={"hpo_point": point})
+            space.enqueue(searcher._ot_study, space.point(point))
     scheduler = ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
                               grace_period=space.grace_period,
                               reduction_factor=space.reduction_factor)

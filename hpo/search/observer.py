@@ -17,16 +17,28 @@ class StudyCallback(tune.Callback):
     """Driver-side observer: feeds the leaderboard and the progress view."""
 
     def __init__(self, board: Leaderboard, progress: Progress | None,
-                 replayed: frozenset[str] = frozenset(), packer: Packer | None = None):
+                 replayed: frozenset[str] = frozenset(), packer: Packer | None = None,
+                 ray_start_s: float = 0.0):
         self.board, self.progress, self.packer = board, progress, packer
         self.replayed = replayed  # finished trials that a resume only replays: rows stay as is
-        self.intervals: list[tuple[float, float]] = []  # wall-clock spans trials computed
-        # where trial time went, in trial-seconds: training, evaluation, and a trial's whole
-        # life seen from the driver (the rest of it: start-up, data to device, reporting)
-        self.seconds: Counter[str] = Counter()
+        self.ray_start_s = ray_start_s  # starting or joining Ray, before any trial
+        # wall-clock spans trials computed (an epoch: training, then evaluation), seconds of
+        # them spent training, and trials' whole lives as the driver saw them
+        self.intervals: list[tuple[float, float]] = []
+        self.train_s = self.lives_s = 0.0
         self._began: dict[str, float] = {}
-        self.ray_start_s = 0.0  # starting or joining Ray, before any trial
         self._last_write = 0.0
+
+    def time_spent(self, start: float, end: float, busy: float) -> dict[str, float]:
+        """Where the wall time from `start` to `end` went (`busy`: the share of it trials
+        computed), and in trial-seconds, trials' time: training, evaluation, and the rest of
+        their lives (start-up, data to device, reporting)."""
+        computing = sum(t1 - t0 for t0, t1 in self.intervals)
+        return {key: round(value, 2) for key, value in {
+            "search_s": end - start, "ray_start_s": self.ray_start_s,
+            "idle_s": (1 - busy) * (end - start),
+            "train_s": self.train_s, "eval_s": computing - self.train_s,
+            "trial_other_s": max(0.0, self.lives_s - computing)}.items()}
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; a live terminal view can't be
@@ -55,7 +67,7 @@ class StudyCallback(tune.Callback):
     def _ended(self, trial_id: str) -> None:
         began = self._began.pop(trial_id, None)
         if began is not None:
-            self.seconds["trials"] += time.time() - began
+            self.lives_s += time.time() - began
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id in self.replayed:
@@ -63,8 +75,7 @@ class StudyCallback(tune.Callback):
         self.board.result(trial.trial_id, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
-            self.seconds["train"] += result["train_seconds"]
-            self.seconds["eval"] += result["t_end"] - result["t_start"] - result["train_seconds"]
+            self.train_s += result["train_seconds"]
         if self.packer and result.get("gpu_peak"):
             self.packer.observe(trial.config, result["gpu_peak"])
         self._refresh()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hpo.data import Dataset, load_dataset
 from hpo.space import Space
-from hpo.study import check_resumable, choose_folder
+from hpo.study import apply_options, check_resumable, choose_folder
 
 
 class StudyError(ValueError):
@@ -52,15 +52,7 @@ def prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]
 
 
 def _prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
-    if options.trials is not None:
-        space = dataclasses.replace(space, trials=options.trials)
-    if options.max_epochs is not None:
-        space = dataclasses.replace(space, max_epochs=options.max_epochs,
-                                    grace_period=min(space.grace_period, options.max_epochs))
-    if options.grace_period is not None:
-        if not 1 <= options.grace_period <= space.max_epochs:
-            raise ValueError(f"--grace-period must be in 1..{space.max_epochs}")
-        space = dataclasses.replace(space, grace_period=options.grace_period)
+    space = apply_options(space, dataclasses.asdict(options))
     if options.trials_per_gpu < 1:
         raise ValueError("--trials-per-gpu must be 1 or more")
     if options.gpus_per_trial is not None and options.gpus_per_trial <= 0:

@@ -13,9 +13,11 @@ from rich.console import Console
 from hpo import train
 from hpo.data import Dataset
 from hpo.model import Infeasible
-from hpo.packing import Packer
+from hpo.packing import Packer, device_bytes
 from hpo.search.options import SearchOptions
 from hpo.space import Space, random_configs
+
+GPUS_PER_TRIAL = 0.25  # with GPUs, when no measurement decides: four trials per GPU
 
 # the packer of the study this process is searching: Tune calls _packed_resources for every
 # new trial, in this process, through the trainable it pickled (which names this module)
@@ -27,11 +29,11 @@ def _packed_resources(study: str, cpus: float, config: dict) -> tune.PlacementGr
 
 
 def trial_resources(options: SearchOptions, cluster: dict, console: Console,
-                     packer: Packer | None = None, study: str = ""):
+                    packer: Packer | None = None, study: str = ""):
     """What each trial asks Ray for, and how many such trials fit the cluster as it is now.
 
     With GPUs and no --gpus-per-trial, `packer` gives each trial its own fraction of a GPU,
-    from its predicted memory (a callable Tune calls per trial); without a packer, 0.25 GPU.
+    from its predicted memory (a callable Tune calls per trial); without one, GPUS_PER_TRIAL.
     CPUs only otherwise. An explicit --gpus-per-trial is asked for even when no GPU is up yet:
     on an autoscaling cluster the request is what makes the autoscaler add GPU nodes.
     """
@@ -42,7 +44,9 @@ def trial_resources(options: SearchOptions, cluster: dict, console: Console,
         _PACKERS[study] = packer
         return (functools.partial(_packed_resources, study, options.cpus_per_trial),
                 min(slots, int(gpus * packer.max_per_gpu)))
-    per = options.gpus_per_trial if options.gpus_per_trial is not None else (0.25 if gpus else 0)
+    per = options.gpus_per_trial
+    if per is None:
+        per = GPUS_PER_TRIAL if gpus else 0
     if per:
         resources["gpu"] = per
         if gpus:
@@ -54,10 +58,10 @@ def trial_resources(options: SearchOptions, cluster: dict, console: Console,
 
 
 def probe(space: Space, data: Dataset, options: SearchOptions,
-           console: Console) -> Packer | None:
+          console: Console) -> Packer | None:
     """Measure a few configs' peak memory on one whole GPU of the cluster (the starting points
     and four random draws) and return a Packer calibrated by them; None when no GPU answers
-    within ten minutes or the node has no CUDA (then trials get 0.25 GPU each)."""
+    within ten minutes or the node has no CUDA (then trials get GPUS_PER_TRIAL each)."""
     configs = [space.point(n) for n in space.starting_points]
     configs += random_configs(space, 4, seed=options.seed)
     measure = ray.remote(num_gpus=1, num_cpus=options.cpus_per_trial)(_measure_memory)
@@ -66,14 +70,12 @@ def probe(space: Space, data: Dataset, options: SearchOptions,
                          timeout=600)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:
         console.print(f"[yellow]warning[/]: no GPU measured memory ({type(exc).__name__}); "
-                      "trials get 0.25 GPU each")
+                      f"trials get {GPUS_PER_TRIAL} GPU each")
         return None
     if answer is None:
         return None
     total, measured = answer
-    data_bytes = sum(a.nbytes for a in (data.x_train, data.x_val))
-    data_bytes += 8 * (len(data.y_train) + len(data.y_val))  # labels live on the GPU as int64
-    packer = Packer(total, data_bytes, data.image_shape, data.num_classes,
+    packer = Packer(total, device_bytes(data), data.image_shape, data.num_classes,
                     max_per_gpu=options.trials_per_gpu)
     for config, peak in measured:
         packer.observe(config, peak, data_bytes=0)
