@@ -23,8 +23,6 @@ oversubscribe the cores; on CUDA threads are left alone.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
 import json
 import os
 import queue
@@ -35,14 +33,21 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from common import (
+    DEFAULT_DATA,
+    NETS,
+    bench_config,
+    fill_defaults,
+    machine,
+    provenance,
+    warmup_slice,
+)
 
 from hpo.data import load_dataset
 from hpo.train import run_trial, to_device
 
-REPO = Path(__file__).resolve().parent.parent
-NETS = ("basenet", "vgg")  # the names of throughput.NETS, whose configs the parent builds
-
 SMALL = dict(fraction=0.02, batch_size=64, k=[1, 2], epochs=1, warmup=1)
+FULL = dict(fraction=1.0, batch_size=512, k=[1, 2, 4], epochs=3, warmup=3)
 
 
 def trial(rank: int, k: int, args: argparse.Namespace, config: dict, barrier, results) -> None:
@@ -54,10 +59,7 @@ def trial(rank: int, k: int, args: argparse.Namespace, config: dict, barrier, re
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // k))
         data = load_dataset(args.data, fraction=args.fraction).without_test()  # a cache hit
         if args.warmup:  # a one-epoch trial on the first few batches, under its own fingerprint
-            n = args.warmup * config["batch_size"]
-            warm = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n],
-                                       x_val=data.x_val[:64], y_val=data.y_val[:64],
-                                       fingerprint=data.fingerprint + "-warmup")
+            warm = warmup_slice(data, args.warmup * config["batch_size"])
             run_trial({**config, "epochs": 1}, warm, lambda *a, **k: None, device)
         to_device(data, device)  # the host->device copy stays untimed; run_trial reuses it
         if cuda:
@@ -113,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--k", type=int, nargs="+", help="trials at once (default 1 2 4; --small 1 2)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default 3; --small 1)")
-    p.add_argument("--net", choices=NETS, default="vgg")
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "cifar10"),
+    p.add_argument("--net", choices=sorted(NETS), default="vgg")
+    p.add_argument("--data", default=str(DEFAULT_DATA),
                    help="dataset (default: ../shared/datasets/cifar10 next to the repository)")
     p.add_argument("--fraction", type=float, help="share of the training split (default 1.0; "
                    "--small 0.02)")
@@ -127,16 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "step (explicit options win)")
     p.add_argument("--json", metavar="PATH", help="also write the figures here as JSON")
     args = p.parse_args(argv)
-    full = dict(fraction=1.0, batch_size=512, k=[1, 2, 4], epochs=3, warmup=3)
-    defaults = SMALL if args.small else full
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-
-    # imported here, not at the top: spawned children re-import this module, and throughput.py
-    # would cost each of them torchvision's import (~1 s of CPU) for nothing
-    from throughput import bench_config, machine
-
+    fill_defaults(args, SMALL, FULL)
     load_before = os.getloadavg()[0]  # others' jobs on a shared machine skew every figure
     device = torch.device(args.device)
     data = load_dataset(args.data, fraction=args.fraction)  # decodes once; children hit the cache
@@ -156,9 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"ratio {r['ratio_to_k1']:.2f}x k={runs[0]['k']}, wall {r['wall_s']:.1f} s, "
               "per trial "
               + " ".join(f"{x:,.0f}" for x in r["per_trial_img_per_s"]) + f" img/s{mem}")
-    out = {"command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-           "machine": machine(device), "load_avg_1m": [load_before, os.getloadavg()[0]],
-           "torch": torch.__version__, "net": args.net, "batch_size": args.batch_size,
+    out = {**provenance(device, load_before), "net": args.net, "batch_size": args.batch_size,
            "epochs": args.epochs, "train_images": len(data.y_train), "runs": runs}
     print(f"1-min load average {load_before:.1f} before, {out['load_avg_1m'][1]:.1f} after")
     if args.json:

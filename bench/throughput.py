@@ -23,67 +23,26 @@ rate, the figure more favourable to the DataLoader.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA, NETS, bench_config, fill_defaults, provenance, warmup_slice
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
-from hpo.config import complete
 from hpo.data import Dataset, channel_stats, load_dataset
 from hpo.model import build_model, count_parameters
-from hpo.train import make_optimizer, run_trial
+from hpo.train import run_trial, setup_training, train_step
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cifar10"
-NETS = {
-    # VGG-style: 3 stages x 2 convs, 64-128-256, BatchNorm before ReLU, global average pool
-    "vgg": dict(stages=3, convs_1=2, convs_2=2, convs_3=2, width_1=64, width_2=128,
-                width_3=256, bn="before", head="gap"),
-    # BaseNet (LeNet-like): the architecture of spaces/cifar10.py's "basenet" point
-    "basenet": dict(stages=2, convs_1=1, convs_2=1, width_1=6, width_2=16, kernel=5,
-                    padding="valid", pool="max", bn="none", head="flatten", dense_layers=1,
-                    dense_1=50),
-}
 SMALL = dict(fraction=0.02, workers=2, batch_size=64, warmup=1)  # the CPU smoke form
-
-
-def bench_config(net: str, batch_size: int, epochs: int = 1, seed: int = 0) -> dict:
-    """The complete trial config both paths train. lr is low so no net diverges mid-benchmark."""
-    return complete({**NETS[net], "epochs": epochs, "batch_size": batch_size, "seed": seed,
-                     "aug_flip": True, "aug_crop": 4, "optimizer": "sgd", "lr": 0.01})
-
-
-def machine(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the cores this process may use."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {model}, {len(os.sched_getaffinity(0))} cores"
-
-
-def warmup_slice(data: Dataset, images: int) -> Dataset:
-    """The first `images` training images (and a few validation ones, as that pass is untimed)
-    under a new fingerprint, since the engine caches device copies by it."""
-    return dataclasses.replace(data, x_train=data.x_train[:images], y_train=data.y_train[:images],
-                               x_val=data.x_val[:64], y_val=data.y_val[:64],
-                               fingerprint=data.fingerprint + "-warmup")
+FULL = dict(fraction=1.0, workers=8, batch_size=512, warmup=3)
 
 
 def engine(config: dict, data: Dataset, device: torch.device, warmup: int) -> dict:
@@ -128,9 +87,10 @@ def dataloader(config: dict, data: Dataset, device: torch.device, workers: int,
                         shuffle=True, num_workers=workers, pin_memory=cuda, drop_last=True)
     torch.manual_seed(config["seed"])
     fmt = torch.channels_last if cuda else torch.contiguous_format
-    model = build_model(config, data.image_shape, data.num_classes).to(device, memory_format=fmt)
-    optimizer = make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    # the engine's own model, optimizer and loss, and below its training step: only the
+    # input path differs
+    model, optimizer, criterion, _ = setup_training(
+        build_model(config, data.image_shape, data.num_classes), config, device)
     model.train()
 
     def sync():
@@ -144,12 +104,7 @@ def dataloader(config: dict, data: Dataset, device: torch.device, workers: int,
         for xb, yb in loader:
             xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
             yb = yb.to(device, non_blocking=True)
-            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-                loss = criterion(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().float()  # no per-step .item(): the engine has none either
+            total += train_step(model, optimizer, criterion, xb, yb)  # no per-step .item()
             steps += 1
             if steps == 1:
                 sync()
@@ -183,10 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "2 workers, batch 64, 1 warm-up step (explicit options win)")
     p.add_argument("--json", metavar="PATH", help="also write the figures here as JSON")
     args = p.parse_args(argv)
-    defaults = SMALL if args.small else dict(fraction=1.0, workers=8, batch_size=512, warmup=3)
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(args, SMALL, FULL)
 
     load_before = os.getloadavg()[0]  # others' jobs on a shared machine skew every figure
     device = torch.device(args.device)
@@ -196,9 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     eng = engine(config, data, device, args.warmup)
     dl = dataloader(config, data, device, args.workers, args.warmup)
     out = {
-        "command": " ".join(["python", *sys.argv]), "date": datetime.date.today().isoformat(),
-        "machine": machine(device), "load_avg_1m": [load_before, os.getloadavg()[0]],
-        "torch": torch.__version__, "net": args.net, "params": params,
+        **provenance(device, load_before), "net": args.net, "params": params,
         "train_images": len(data.y_train), "batch_size": args.batch_size, "workers": args.workers,
         "engine_img_per_s": eng["img_per_s"], "dataloader_img_per_s": dl["img_per_s"],
         "dataloader_steady_img_per_s": dl["steady_img_per_s"],
