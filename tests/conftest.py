@@ -118,6 +118,13 @@ def tiny_parquet(tmp_path_factory) -> Path:
     return write_parquet_dataset(tmp_path_factory.mktemp("tiny_parquet"))
 
 
+def stored_study(folder: Path):
+    """The Optuna study hpo keeps in a study folder (SQLite, named after the folder)."""
+    import optuna
+
+    return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     """An empty dataset cache folder for one test."""

@@ -6,12 +6,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import ray
 from ray import tune
 
+from conftest import stored_study
 from hpo.data import load_dataset
 from hpo.leaderboard import Leaderboard
 from hpo.search import SearchOptions
@@ -59,7 +59,7 @@ def test_crashed_trials_are_retried_then_failed_and_the_search_goes_on(tmp_path)
     # each crashing config ran 1 + max_failures (2) times, no more
     adam_attempts = [p for p in attempts.iterdir() if p.name.startswith("adam")]
     assert len(adam_attempts) == 3 * len(failed)
-    stored = optuna.load_study(study_name="crashy", storage=f"sqlite:///{study / 'study.db'}")
+    stored = stored_study(study)
     assert [t.state.name for t in stored.trials].count("FAIL") == len(failed)
 
 

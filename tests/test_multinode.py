@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 
+from conftest import stored_study
 from raycluster import RayCluster
 
 ROOT = Path(__file__).parents[1]
@@ -201,7 +201,7 @@ def test_search_survives_losing_a_node(cluster, tiny_parquet, tmp_path):
     assert late.empty, late
 
     # Optuna's study agrees: one trial per Tune trial, each told how it ended
-    stored = optuna.load_study(study_name="lost", storage=f"sqlite:///{study / 'study.db'}")
+    stored = stored_study(study)
     states = Counter(t.state.name for t in stored.trials)
     assert len(stored.trials) == trials and states["RUNNING"] == 0, states
     assert states["COMPLETE"] == counts["completed"], (states, counts)

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 
+from conftest import stored_study
 from hpo.leaderboard import Leaderboard
 
 ROOT = Path(__file__).parents[1]
@@ -67,8 +67,7 @@ def test_sigkill_then_same_command_resumes(tmp_path, tiny_parquet):
         assert after.loc[trial_id, "status"] == before.loc[trial_id, "status"]
         assert (curves[curves.trial_id == trial_id]["t_end"] < killed_at).all(), trial_id
     # Optuna's stored study holds the whole history, nothing stuck as RUNNING
-    stored = optuna.load_study(study_name="tiny",
-                               storage=f"sqlite:///{tmp_path / 'results/tiny/study.db'}")
+    stored = stored_study(tmp_path / "results/tiny")
     states = [t.state.name for t in stored.trials]
     assert "RUNNING" not in states
     assert states.count("COMPLETE") == (after.status == "completed").sum()
@@ -123,7 +122,7 @@ def test_more_trials_extend_a_finished_study_and_lost_trials_run_again(tmp_path,
     assert len(rerun) == 1 and {k: rerun[0][k] for k in lost} == lost
     # the new experiment drew new configs, not the first one's random draws again
     assert len({c["lr"] for c in configs.values()}) == 5
-    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study / 'study.db'}")
+    stored = stored_study(study)
     states = [t.state.name for t in stored.trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == 5
     assert not {"RUNNING", "WAITING"} & set(states)

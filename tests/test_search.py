@@ -7,10 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 
+from conftest import stored_study
 from hpo.data import load_dataset
 from hpo.train import run_trial
 
@@ -105,7 +105,7 @@ def test_exported_best_config_reproduces_a_trial(study, tiny_parquet):
 def test_optuna_study_marks_stopped_trials_pruned(study):
     _, folder, _, _ = study
     df = pd.read_csv(folder / "leaderboard.csv")
-    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'study.db'}")
+    stored = stored_study(folder)
     states = [t.state.name for t in stored.trials]
     assert states.count("PRUNED") == (df["status"] == "stopped").sum()
     assert states.count("COMPLETE") == (df["status"] == "completed").sum()
@@ -170,14 +170,13 @@ def test_two_objectives_mark_the_pareto_front(tiny_parquet, tmp_path):
     # nothing off the front beats a front trial on both accuracy and size
     for _, row in df[~df.pareto & df.val_acc.notna()].iterrows():
         assert ((front.val_acc >= row.val_acc) & (front.params <= row.params)).any()
-    stored = optuna.load_study(study_name="two_objectives",
-                               storage=f"sqlite:///{folder / 'study.db'}")
+    stored = stored_study(folder)
     assert [d.name for d in stored.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert stored.best_trials
     assert [t.state.name for t in stored.trials].count("PRUNED") == (df.status == "stopped").sum()
 
 
-def testtrial_resources_follow_the_cluster():
+def test_trial_resources_follow_the_cluster():
     from io import StringIO
 
     from rich.console import Console
