@@ -8,13 +8,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from hpo.files import replace_file
 from hpo.sources import DataError, decode_count, detect, materialise, one_line
 
 __all__ = ["DataError", "Dataset", "channel_stats", "decode_count", "load_dataset"]
@@ -30,6 +30,7 @@ class Dataset:
 
     `fingerprint` (short hex) identifies the decoded content (so source, image_size and
     channels) together with the split settings; equal fingerprints mean equal arrays.
+    `content` identifies the decoded images alone, wherever they were read from.
     """
 
     x_train: np.ndarray
@@ -40,6 +41,7 @@ class Dataset:
     y_test: np.ndarray | None
     classes: tuple[str, ...]
     fingerprint: str
+    content: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -135,22 +137,12 @@ def _read_cache(file: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(file: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = None
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with replace_file(file) as f:  # readers see no file or the whole file, never half
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable by all
-        os.replace(tmp, file)  # atomic: readers see no file or the whole file, never half
-        tmp = None
     except OSError as e:  # a read-only cache only costs the next run another decode
         log.warning("could not write dataset cache %s (%s)", file, one_line(e))
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _split(a: dict[str, np.ndarray], path: Path, val_fraction: float, seed: int,
@@ -168,7 +160,7 @@ def _split(a: dict[str, np.ndarray], path: Path, val_fraction: float, seed: int,
     val, train = perm[:n_val], perm[n_val:]
     fp = _digest([str(a["content_hash"]), val_fraction, seed, fraction])
     return Dataset(x[train], y[train], x[val], y[val], a.get("x_test"), a.get("y_test"),
-                   tuple(str(c) for c in a["classes"]), fp)
+                   tuple(str(c) for c in a["classes"]), fp, str(a["content_hash"]))
 
 
 def _digest(parts: list, n: int = 16) -> str:

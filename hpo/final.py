@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.data import Dataset
-from hpo.leaderboard import write_json
+from hpo.files import write_json
 from hpo.study import versions
 from hpo.train import evaluate, run_trial, to_device
 

@@ -1,8 +1,8 @@
 """The study's leaderboard: one row per trial, best first, kept as a CSV that is always whole.
 
 Written by the search driver as trials report; read by `hpo leaderboard`, `hpo export` and
-pandas. Every file here is written to a temporary name and renamed over the old one, so a
-reader sees the previous version or the next, never part of one.
+pandas. Every file here is replaced whole (hpo.files), so a reader sees the previous version
+or the next, never part of one.
 """
 
 from __future__ import annotations
@@ -10,17 +10,20 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Mapping
 
 from hpo.config import LABELS, SCHEMA, schema_key
+from hpo.files import write_atomic, write_json
 
-STATUSES = ("running", "completed", "stopped", "failed", "infeasible", "diverged", "oom")
+if TYPE_CHECKING:
+    import pandas as pd
+
+STATUSES = ("running", "completed", "stopped", "failed", "infeasible", "diverged", "oom",
+            "interrupted")
+RANKED = ("running", "completed", "stopped", "interrupted")  # trained to a value worth ranking
+FINISHED = ("completed", "stopped")  # what best.json, best.pt and `hpo train` may pick
 # per epoch: where it ran (node) and on what: the data's fingerprint, and how many images the
 # trial's process decoded itself (0: it used the driver's copy from the object store)
 EPOCH_COLUMNS = ("trial_id", "epoch", "val_acc", "val_loss", "train_loss", "img_per_s",
@@ -28,24 +31,6 @@ EPOCH_COLUMNS = ("trial_id", "epoch", "val_acc", "val_loss", "train_loss", "img_
 FIXED = ("rank", "trial_id", "point", "status", "reason", "best_epoch", "epochs_trained",
          "params", "wall_s", "img_per_s", "node")
 _KEY_ORDER = {k: i for i, k in enumerate(SCHEMA)}
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Replace `path` with `data` in one rename (same folder, so the rename is atomic)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """`obj` as indented JSON, atomically."""
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def _config_columns(keys) -> list[str]:
@@ -84,6 +69,8 @@ class Leaderboard:
             board.rows[tid] = {**row, "trial_id": tid, "config": configs.get(tid, {})}
         epochs_path = board.path.parent / "epochs.csv"
         if epochs_path.is_file():
+            import pandas as pd
+
             curves = pd.read_csv(epochs_path, dtype={"trial_id": str})
             for record in curves.astype(object).where(curves.notna(), None).to_dict("records"):
                 board.curves.setdefault(str(record["trial_id"]), {})[int(record["epoch"])] = record
@@ -150,17 +137,26 @@ class Leaderboard:
         self.rows.pop(trial_id, None)
         self.curves.pop(trial_id, None)
 
-    def finished_results(self) -> dict[str, dict[str, Any]]:
-        """For each trial that has ended, the result that says so: what a resumed study
-        replays to Ray instead of training the trial again."""
-        return {tid: {"epoch": row.get("epochs_trained", 0),
-                      "epochs": row["config"].get("epochs", 0),
-                      self.metric: row.get(self.metric), "status": row["status"],
-                      "reason": row.get("reason", "")}
-                for tid, row in self.rows.items() if row["status"] not in ("running", "failed")}
+    def reconcile(self, ended: Mapping[str, Mapping[str, Any]], unfinished: set[str]) -> None:
+        """Make the rows agree with the study's record (the Optuna study): `ended` maps each
+        trial that ended to {"config", "status", "reason", metric, "epochs_trained"}, and
+        `unfinished` names the trials a resumed run continues. A row the record does not know
+        goes; a trial that ended after the last write of this file gets its status, or its
+        row when it had none."""
+        for tid in [t for t in self.rows if t not in ended and t not in unfinished]:
+            self.drop(tid)
+        for tid, what in ended.items():
+            row = self.rows.setdefault(tid, {"trial_id": tid, "config": dict(what["config"]),
+                                             "epochs_trained": what.get("epochs_trained", 0)})
+            if row.get("status") != what["status"]:
+                row.update(status=what["status"], reason=what.get("reason") or "")
+            if row.get(self.metric) is None and what.get(self.metric) is not None:
+                row[self.metric] = what[self.metric]
 
     def frame(self) -> pd.DataFrame:
         """The leaderboard as a DataFrame: fixed columns, the metric, then the config keys."""
+        import pandas as pd
+
         rows = sorted(self.rows.values(), key=self._sort_key)
         keys = _config_columns({k for r in rows for k in r["config"]})
         records = []
@@ -195,10 +191,13 @@ class Leaderboard:
             all(a <= b for a, b in zip(q, p)) and q != p for q in points.values())}
 
     def _sort_key(self, row):
+        # trials that trained normally first, by value; then those that diverged or failed
+        # (their value, if any, is not one to pick); then those with no value at all
         value = row.get(self.metric)
         if value is None:
-            return (1, 0.0, row["trial_id"])
-        return (0, -value if self.mode == "max" else value, row["trial_id"])
+            return (2, 0.0, _number(row["trial_id"]))
+        group = 0 if row.get("status") in RANKED else 1
+        return (group, -value if self.mode == "max" else value, _number(row["trial_id"]))
 
     def write(self) -> None:
         """Publish leaderboard.csv, and beside it configs.json (each trial's exact config,
@@ -211,15 +210,23 @@ class Leaderboard:
         buf = io.StringIO()
         self.frame().to_csv(buf, index=False)
         write_atomic(self.path, buf.getvalue())
+        import pandas as pd
+
         buf = io.StringIO()
         epochs = [e for curve in self.curves.values() for _, e in sorted(curve.items())]
         pd.DataFrame.from_records(epochs, columns=EPOCH_COLUMNS).to_csv(buf, index=False)
         write_atomic(self.path.parent / "epochs.csv", buf.getvalue())
 
     def best(self) -> dict[str, Any] | None:
-        """The best row that has a value, or None."""
-        rows = [r for r in self.rows.values() if r.get(self.metric) is not None]
+        """The best finished (completed or stopped) row that has a value, or None."""
+        rows = [r for r in self.rows.values()
+                if r.get(self.metric) is not None and r.get("status") in FINISHED]
         return min(rows, key=self._sort_key) if rows else None
+
+
+def _number(trial_id: str) -> tuple:
+    # trial ids are the study's trial numbers: 10 comes after 9
+    return (0, int(trial_id), "") if str(trial_id).isdigit() else (1, 0, str(trial_id))
 
 
 def read_leaderboard(study: str | Path) -> pd.DataFrame:
@@ -228,16 +235,21 @@ def read_leaderboard(study: str | Path) -> pd.DataFrame:
     path = path / "leaderboard.csv" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no leaderboard here (is this a study folder?)")
+    import pandas as pd  # here: a wrong path is told before pandas' second of importing
+
     return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def config_at_rank(study: str | Path, rank: int = 1) -> dict[str, Any]:
     """The complete config of the trial at `rank` (1 = best), as the trial received it."""
+    import csv
+
     study = Path(study)
-    board = read_leaderboard(study)
-    match = board[board["rank"] == rank]
-    if match.empty:
-        raise ValueError(f"{study}: no trial at rank {rank} (the study has {len(board)})")
-    trial_id = str(match.iloc[0]["trial_id"])
-    configs = json.loads((study / "configs.json").read_text())
-    return configs[trial_id]
+    path = study / "leaderboard.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{study}: no leaderboard here (is this a study folder?)")
+    with open(path, newline="") as f:
+        ids = {int(row["rank"]): row["trial_id"] for row in csv.DictReader(f)}
+    if rank not in ids:
+        raise ValueError(f"{study}: no trial at rank {rank} (the study has {len(ids)})")
+    return json.loads((study / "configs.json").read_text())[ids[rank]]

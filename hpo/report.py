@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: the Agg canvas, no global backend state
 
-from hpo.leaderboard import FIXED, STATUSES, read_leaderboard, write_atomic
+from hpo.files import write_atomic
+from hpo.leaderboard import FIXED, STATUSES, read_leaderboard
 
 TOP = 15
 MIN_COMPLETE = 10  # fewer COMPLETE trials than this: importance also counts ASHA-stopped ones

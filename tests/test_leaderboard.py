@@ -1,11 +1,10 @@
 """Leaderboard rows, order, statuses and atomic publication, without Ray."""
 
-import json
 
 import pandas as pd
 import pytest
 
-from hpo.leaderboard import FIXED, Leaderboard, config_at_rank, read_leaderboard, write_atomic
+from hpo.leaderboard import FIXED, Leaderboard, config_at_rank, read_leaderboard
 
 
 def board_with_trials(tmp_path, mode="max"):
@@ -56,14 +55,6 @@ def test_export_returns_the_exact_config(tmp_path):
     assert config == {"epochs": 4, "lr": 0.1, "stages": 2, "convs_1": 1, "convs_2": 2}
     with pytest.raises(ValueError, match="no trial at rank 9"):
         config_at_rank(tmp_path, 9)
-
-
-def test_write_atomic_replaces_whole_and_leaves_no_temporaries(tmp_path):
-    path = tmp_path / "f.json"
-    write_atomic(path, json.dumps({"v": 1}))
-    write_atomic(path, json.dumps({"v": 2}))
-    assert json.loads(path.read_text()) == {"v": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def test_a_second_objective_marks_the_pareto_front(tmp_path):

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from hpo.leaderboard import Leaderboard, write_json
+from hpo.files import write_json
+from hpo.leaderboard import Leaderboard
 from hpo.report import pareto_front, write_report
 from hpo.space import load_space
 
