@@ -1,23 +1,24 @@
 """`hpo`: thin commands over the package's functions. Each prints with rich and exits 2 with
-one line on bad input."""
+one line on bad input.
+
+Every option is checked by its argparse type, and every file by the command, before torch or
+Ray is imported and before any file of a study is written: a mistake costs well under a
+second and changes nothing. Heavy imports therefore live inside the commands.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import numbers
+import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
-from hpo.space import SpaceError, load_space
+def _console():
+    from rich.console import Console
 
-# piped output is not cropped to 80 columns: the table goes to a file or another program whole
-console = Console(width=None if sys.stdout.isatty() else 240)
+    # piped output is not cropped to 80 columns: the table goes to a file or a program whole
+    return Console(width=None if sys.stdout.isatty() else 240)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,29 +27,58 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# -- option types: each names the allowed range in the one line argparse prints
+def _whole(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+    return parse
+
+
+def _real(low: float, high: float = math.inf, low_open: bool = True):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (low < value if low_open else low <= value) or value > high or math.isnan(value):
+            span = f"in {'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf else (
+                f"above {low:g}" if low_open else f"{low:g} or more")
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE = _whole(1)
+NON_NEGATIVE = _whole(0)
+
+
 def cmd_search(args) -> int:
     """Search a space file; results go to results/<study>/."""
-    from hpo.search import SearchOptions, StudyError, run_search
+    from hpo.search import SearchOptions, search
 
     options = SearchOptions(
         data=args.data, trials=args.trials, max_epochs=args.max_epochs,
-        grace_period=args.grace_period, name=args.name,
+        grace_period=args.grace_period, name=args.name, fraction=args.fraction,
+        split_seed=args.split_seed, seed=args.seed, storage=args.storage,
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        trials_per_gpu=args.trials_per_gpu,
-        fraction=args.fraction, address=args.address, storage_path=args.storage_path,
-        fresh=args.fresh, storage=args.storage,
-        num_cpus=args.num_cpus,
-        concurrency=args.concurrency, seed=args.seed, results=Path(args.results))
-    try:
-        study = run_search(load_space(args.space), options)
-    except (SpaceError, StudyError) as exc:
-        return _fail(exc)
+        trials_per_gpu=args.trials_per_gpu, address=args.address,
+        storage_path=args.storage_path, fresh=args.fresh, num_cpus=args.num_cpus,
+        concurrency=args.concurrency, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, results=Path(args.results))
+    study = search(args.space, options)
+    console = _console()
     if args.final and (study / "best.json").is_file():
         from hpo.final import retrain
         from hpo.study import load_study_data
 
         _, data = load_study_data(study)
-        config = json.loads((study / "best.json").read_text())
+        config = _config_file(study / "best.json")
         retrain(config, data, range(args.seeds), study / "final", "best", console)
     console.print(f"next: hpo leaderboard {study}   ·   hpo export {study} --rank 1 -o best.json")
     return 0
@@ -56,28 +86,43 @@ def cmd_search(args) -> int:
 
 def cmd_train(args) -> int:
     """Retrain a config on train + validation for its full epochs, test once per seed."""
+    target = Path(args.target)
+    if target.is_dir():
+        from hpo.study import load_study_space
+
+        _study_folder(target)
+        space = load_study_space(target)
+        unknown = [n for n in args.point if n not in space.starting_points]
+        if unknown:
+            raise ValueError(f"{target}: no starting point {unknown[0]!r} in its space "
+                             f"(it has: {', '.join(space.starting_points) or 'none'})")
+        best = None if args.point else _config_file(target / "best.json")
+    elif target.suffix == ".json" or target.is_file():
+        config = _config_file(target)
+        if not args.data:
+            raise ValueError(f"{target}: pass --data for a config outside a study")
+    else:
+        raise ValueError(f"{target}: no such config file or study folder")
+    if args.data and not Path(args.data).exists() and not args.data.startswith("torchvision:"):
+        raise ValueError(f"{args.data}: does not exist (--data)")
+
     from hpo.data import load_dataset
     from hpo.final import retrain
     from hpo.study import load_study_data
 
-    target = Path(args.target)
+    console = _console()
     if target.is_dir():
         space, data = load_study_data(target, args.data, args.fraction)
-        out = target / "final"
-        jobs = [(n, space.point(n)) for n in args.point] or [
-            ("best", json.loads((target / "best.json").read_text()))]
+        out = Path(args.out or target / "final")
+        jobs = [(n, space.point(n)) for n in args.point] or [("best", best)]
     else:
-        if not target.is_file():
-            raise FileNotFoundError(f"{target}: no such config file or study folder")
-        if not args.data:
-            raise ValueError(f"{target}: pass --data for a config outside a study")
         data = load_dataset(args.data, fraction=args.fraction or 1.0)
         out = Path(args.out or Path("results") / f"final-{target.stem}")
-        jobs = [("best", json.loads(target.read_text()))]
+        jobs = [("best", config)]
     for name, config in jobs:
         if args.epochs:
             config = {**config, "epochs": args.epochs}
-        retrain(config, data, range(args.seeds), Path(args.out or out), name, console)
+        retrain(config, data, range(args.seeds), out, name, console)
     return 0
 
 
@@ -85,8 +130,12 @@ def cmd_leaderboard(args) -> int:
     """Print the top rows of a study's leaderboard."""
     from hpo.leaderboard import read_leaderboard
 
+    board = read_leaderboard(args.study)  # first: a wrong path is told before pandas loads
+    import pandas as pd
+    from rich.table import Table
+
     # nullable integers, so an epoch shows as 4, not 4.0, beside trials that have none
-    board = read_leaderboard(args.study).head(args.top).convert_dtypes()
+    board = board.head(args.top).convert_dtypes()
     fixed = ["rank", "trial_id", "point", "status", board.columns[4], "best_epoch",
              "epochs_trained", "params", "wall_s"]
     first_hp = list(board.columns).index("node") + 1
@@ -101,37 +150,46 @@ def cmd_leaderboard(args) -> int:
                          min_width=min(len(c), 10))
     for _, row in board[columns].iterrows():
         table.add_row(*("" if pd.isna(v) else _fmt(v) for v in row))
-    console.print(table)
+    _console().print(table)
     return 0
 
 
 def cmd_report(args) -> int:
     """Write results/<study>/report.html: curves, importances, Pareto front, final results."""
+    _study_folder(Path(args.study))
     from hpo.report import write_report
 
-    console.print(f"report → {write_report(args.study)}")
+    _console().print(f"report → {write_report(args.study)}")
     return 0
 
 
 def cmd_export(args) -> int:
     """Write the complete config of the trial at --rank, which `hpo train` and run_trial take."""
-    from hpo.leaderboard import config_at_rank, write_json
+    import json
+
+    from hpo.files import write_json
+    from hpo.leaderboard import config_at_rank
 
     config = config_at_rank(args.study, args.rank)
     if args.output == "-":
         print(json.dumps(config, indent=2))
     else:
         write_json(Path(args.output), config)
-        console.print(f"rank {args.rank} config → {args.output}")
+        _console().print(f"rank {args.rank} config → {args.output}")
     return 0
 
 
 def cmd_show(args) -> int:
     """Print a space file's dimensions and its starting points with their sizes."""
+    from hpo.space import load_space
+
+    space = load_space(args.space)  # first: a wrong path is told before torch is imported
+    from rich.table import Table
+
     from hpo.config import complete
     from hpo.model import Infeasible, build_model, count_parameters
 
-    space = load_space(args.space)
+    console = _console()
     table = Table(title=f"{space.path}: {space.trials} trials · {space.max_epochs} max epochs · "
                   f"ASHA grace {space.grace_period}, η {space.reduction_factor:g} · "
                   f"{space.mode} {space.metric}", header_style="bold")
@@ -159,7 +217,33 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _study_folder(folder: Path) -> None:
+    """Raise ValueError unless `folder` is a study folder (one `hpo search` made)."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such study folder")
+    if not (folder / "study.json").is_file() and not (folder / "leaderboard.csv").is_file():
+        raise ValueError(f"{folder}: not a study folder (no study.json or leaderboard.csv)")
+
+
+def _config_file(path: Path) -> dict:
+    """The trial config in a JSON file, checked key by key; ValueError naming the file and
+    the key otherwise."""
+    from hpo.config import check_config
+    from hpo.files import read_json_object
+
+    config = read_json_object(path, "config file")
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return config
+
+
 def _fmt(v) -> str:
+    import numbers
+
+    import numpy as np
+
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, numbers.Integral):
@@ -169,12 +253,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _fail(exc: Exception) -> int:
-    print(f"hpo: error: {exc}", file=sys.stderr)
+def _fail(exc: BaseException) -> int:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    print(f"hpo: error: {lines[0]}", file=sys.stderr)
     return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hpo.search.options import CHECKPOINT_EVERY_S
+
     parser = _Parser(prog="hpo", description="Hyperparameter search for image-classification "
                      "CNNs: Optuna TPE + ASHA on Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -182,57 +269,76 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help=cmd_search.__doc__, description=cmd_search.__doc__)
     p.add_argument("space", help="a space file, e.g. spaces/cifar10.py")
     p.add_argument("--data", help="dataset: a Parquet folder (Hugging Face layout), a torchvision "
-                   "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders")
-    p.add_argument("--trials", type=int, help="trials to run (overrides the space file)")
-    p.add_argument("--max-epochs", type=int, help="epochs of a full trial; ASHA's max_t")
-    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
+                   "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders "
+                   "(default: the space file's, or the study's on a resume)")
+    p.add_argument("--trials", type=POSITIVE, help="trials to run (overrides the space file); "
+                   "more than a finished study ran extends it")
+    p.add_argument("--max-epochs", type=POSITIVE, help="epochs of a full trial; ASHA's max_t")
+    p.add_argument("--grace-period", type=POSITIVE,
+                   help="epochs before ASHA may stop a trial (1..max epochs)")
     p.add_argument("--name", help="study name (default: the space file's name); an existing "
                    "study of that name is resumed")
     p.add_argument("--fresh", action="store_true",
                    help="start over under a new name (<name>-2, ...) instead of resuming")
+    p.add_argument("--fraction", type=_real(0, 1),
+                   help="train on this fixed-seed fraction of the training set, in (0, 1], "
+                        "for quick runs (default 1)")
+    p.add_argument("--split-seed", type=NON_NEGATIVE,
+                   help="seed of the validation split and of --fraction (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE, help="seed of the sampler (default 0)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://... for a cluster "
                    "(default: results/<study>/study.db)")
-    p.add_argument("--gpus-per-trial", type=float,
+    p.add_argument("--gpus-per-trial", type=_real(0, 64),
                    help="GPU fraction per trial (default: from each trial's predicted memory, "
                         "calibrated on the GPU)")
-    p.add_argument("--trials-per-gpu", type=int, default=4,
+    p.add_argument("--trials-per-gpu", type=POSITIVE, default=4,
                    help="at most this many trials share a GPU when hpo picks (default 4)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
-    p.add_argument("--fraction", type=float, default=1.0,
-                   help="train on this fixed-seed fraction of the training set, for quick runs")
+    p.add_argument("--cpus-per-trial", type=_real(0, 1024), default=1.0,
+                   help="CPUs per trial (default 1)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: local Ray")
     p.add_argument("--storage-path", help="where trials write results and checkpoints: a "
                    "path every node shares, or s3://... / gs://... (default: the study folder)")
-    p.add_argument("--num-cpus", type=int, help="CPUs the local Ray may use (default: all)")
-    p.add_argument("--concurrency", type=int, help="trials at once (default: as resources allow)")
-    p.add_argument("--seed", type=int, default=0, help="seed of TPE and of the data split")
+    p.add_argument("--num-cpus", type=POSITIVE, help="CPUs the local Ray may use (default: all)")
+    p.add_argument("--concurrency", type=POSITIVE,
+                   help="trials at once (default: as resources allow)")
+    p.add_argument("--checkpoint-every", type=_real(0, low_open=False),
+                   default=CHECKPOINT_EVERY_S, metavar="SECONDS",
+                   help="seconds of training between a trial's checkpoints (default "
+                        f"{CHECKPOINT_EVERY_S:g}); it also checkpoints at each ASHA rung and at "
+                        "its end")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every trial's last checkpoint after it ends (default: only the "
+                        "best trial's weights, as best.pt)")
     p.add_argument("--results", default="results", help="folder of study folders")
     p.add_argument("--final", action="store_true",
                    help="then retrain the best config on train + val and test it (hpo train)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the final retrain (default 3)")
+    p.add_argument("--seeds", type=POSITIVE, default=3,
+                   help="seeds of the final retrain (default 3)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     p.add_argument("target", help="a study folder (retrains its best.json) or a config .json")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=POSITIVE, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--point", action="append", default=[],
                    help="retrain this starting point of the study's space instead (repeatable)")
     p.add_argument("--data", help="dataset (default: the one the study searched)")
-    p.add_argument("--fraction", type=float, help="train on a fixed-seed fraction")
-    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--fraction", type=_real(0, 1), help="train on a fixed-seed fraction")
+    p.add_argument("--epochs", type=POSITIVE, help="override the config's epochs")
     p.add_argument("--out", help="output folder (default: <study>/final)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
-    p.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
-    p.add_argument("--columns", type=int, default=4, help="hyperparameter columns to show")
+    p.add_argument("--top", type=POSITIVE, default=10, help="rows to show (default 10)")
+    p.add_argument("--columns", type=NON_NEGATIVE, default=4,
+                   help="hyperparameter columns to show")
     p.add_argument("--all", action="store_true", help="show every varying hyperparameter")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
-    p.add_argument("--rank", type=int, default=1, help="leaderboard rank (default 1, the best)")
+    p.add_argument("--rank", type=POSITIVE, default=1,
+                   help="leaderboard rank (default 1, the best)")
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
 
@@ -242,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help=cmd_show.__doc__)
     p.add_argument("space", help="a space file")
-    p.add_argument("--classes", type=int, default=10, help="classes, for parameter counts")
+    p.add_argument("--classes", type=POSITIVE, default=10, help="classes, for parameter counts")
     p.set_defaults(func=cmd_show)
     return parser
 
@@ -251,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpaceError, FileNotFoundError, ValueError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # SpaceError, StudyError, DataError among them
         return _fail(exc)
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)

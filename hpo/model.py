@@ -14,7 +14,16 @@ ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "leaky_relu": nn
 
 
 class Infeasible(ValueError):
-    """The config cannot be built for this input size (e.g. too many valid convs or pools)."""
+    """The config cannot be built for this input size (e.g. too many valid convs or pools), or
+    would not fit the device's memory.
+
+    `keys` are the config keys that together caused it (what to change); `excess` (> 0) says
+    how far over the limit it is, so a sampler can tell nearly feasible from hopeless.
+    """
+
+    def __init__(self, message: str, keys: tuple[str, ...] = (), excess: float = 1.0):
+        super().__init__(message)
+        self.keys, self.excess = tuple(keys), float(excess)
 
 
 def conv_width(config: Mapping[str, Any], s: int, c: int) -> int:
@@ -71,7 +80,9 @@ def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
             width = conv_width(config, s, c)
             if valid and (h < k or w < k):
                 raise Infeasible(f"stage {s} conv {c}: a {k}x{k} valid conv needs at least "
-                                 f"{k}x{k} input, has {h}x{w}")
+                                 f"{k}x{k} input, has {h}x{w}",
+                                 ("padding", "kernel", "stages", f"convs_{s}"),
+                                 (k - min(h, w)) / k)
             block.append(nn.Conv2d(channels, width, k, padding=0 if valid else k // 2, bias=bias))
             _norm_act(block, bn, width, act, nn.BatchNorm2d)
             channels = width
@@ -83,7 +94,8 @@ def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
             layers.extend(block)
         if s < config["stages"] or config["pool_last"]:
             if h < 2 or w < 2:
-                raise Infeasible(f"stage {s}: cannot pool a {h}x{w} feature map")
+                raise Infeasible(f"stage {s}: cannot pool a {h}x{w} feature map",
+                                 ("stages", "pool_last", "padding"), 1)
             if config["pool"] == "conv":
                 # a learned downsampling: 3x3 stride 2, same channels
                 layers.append(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=bias))

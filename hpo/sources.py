@@ -215,6 +215,9 @@ def materialise(path: Path, train: Split, test: Split | None, classes: list[str]
     splits = {"train": train, **({"test": test} if test is not None else {})}
     top = max(int(s.labels.max(initial=0)) for s in splits.values())
     classes = classes or [str(k) for k in range(top + 1)]
+    if len(classes) < 2:
+        raise DataError(f"{path}: only one class ({classes[0]}): nothing to tell apart; "
+                        "a classifier needs two or more")
     out = {}
     for name, split in splits.items():
         out[f"x_{name}"] = _decode(path, split, mode, size, resize=bool(image_size))

@@ -1,15 +1,17 @@
-"""A study folder, results/<study>/: its name, whether it can be resumed, its metadata."""
+"""A study folder, results/<study>/: its name, its metadata (study.json), the data it searched."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from hpo.leaderboard import write_json
+from hpo.files import write_atomic, write_json
 
 
 def choose_folder(results: Path, name: str, fresh: bool) -> Path:
@@ -22,21 +24,10 @@ def choose_folder(results: Path, name: str, fresh: bool) -> Path:
 
 
 def read_meta(study: Path) -> dict[str, Any]:
-    """study.json, or {} for a folder that has none yet."""
+    """study.json, or {} for a folder that has none yet. Raises ValueError when it is not
+    readable JSON."""
     path = study / "study.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def check_resumable(study: Path, space_source: str, fingerprint: str) -> None:
-    """Raise ValueError when the folder holds a study of another space or other data: resuming
-    would mix two searches in one leaderboard."""
-    copy = study / "space.py"
-    if copy.is_file() and copy.read_text() != space_source:
-        raise ValueError(f"{study}: was searched with a different space file; "
-                         "pass --fresh (or --name) to start a new study")
-    meta = read_meta(study)
-    if meta.get("fingerprint") not in (None, fingerprint):
-        raise ValueError(f"{study}: was searched on other data; pass --fresh (or --name)")
 
 
 def now() -> str:
@@ -75,6 +66,32 @@ def write_meta(study: Path, meta: dict[str, Any]) -> None:
     write_json(study / "study.json", meta)
 
 
+def begin_study(plan, data) -> dict[str, Any]:
+    """Record a run of the search `plan` (hpo.search.options.Plan) on `data` in study.json:
+    on the study's first run its identity (what a resume must match) and space.py, on every
+    run the options it ran with. Returns the metadata written."""
+    study, options = plan.folder, plan.options
+    meta = dict(plan.meta)
+    if not meta:
+        meta.update(identity=plan.identity(data.content), started=now(), runs=[])
+        write_atomic(study / "space.py", plan.space.source)
+    resolved = {**dataclasses.asdict(options), "max_epochs": plan.space.max_epochs,
+                "grace_period": plan.space.grace_period}
+    meta.update(space=str(plan.space.path), data=options.data, fingerprint=data.fingerprint,
+                options=_jsonable(resolved), trials=plan.space.trials, versions=versions(),
+                finished=None)
+    meta["runs"] = [*meta.get("runs", []), {"started": now(), "host": socket.gethostname(),
+                                             "pid": os.getpid(), "trials": plan.space.trials}]
+    write_meta(study, meta)
+    return meta
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    return str(obj) if isinstance(obj, Path) else obj
+
+
 def load_study_data(study: Path, data: str | None = None, fraction: float | None = None):
     """The space and the data a study searched, with its test split: (Space, Dataset).
 
@@ -92,7 +109,8 @@ def load_study_data(study: Path, data: str | None = None, fraction: float | None
     if not source:
         raise ValueError(f"{study}: no data recorded; pass --data")
     frac = fraction if fraction is not None else options.get("fraction", 1.0)
-    dataset = load_dataset(source, val_fraction=space.val_fraction, seed=options.get("seed", 0),
+    dataset = load_dataset(source, val_fraction=space.val_fraction,
+                           seed=options.get("split_seed", 0),
                            fraction=frac, image_size=space.image_size, channels=space.channels)
     return space, dataset
 
@@ -109,7 +127,8 @@ def apply_options(space, options: Mapping[str, Any]):
     grace = options.get("grace_period")
     if grace is not None:
         if not 1 <= grace <= space.max_epochs:
-            raise ValueError(f"--grace-period must be in 1..{space.max_epochs}")
+            raise ValueError(f"--grace-period must be in 1..{space.max_epochs} (the max epochs "
+                             f"of a trial), got {grace}")
         space = dataclasses.replace(space, grace_period=grace)
     return space
 

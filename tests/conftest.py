@@ -125,6 +125,30 @@ def stored_study(folder: Path):
     return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
 
 
+def study_tuner(space, folder: Path, trainable, concurrency: int = 2):
+    """One run of a study as hpo wires it (the Optuna record, its searcher, ASHA, the
+    leaderboard callback) around a test's own trainable: (the Tune tuner, the leaderboard)."""
+    import optuna
+
+    from hpo.leaderboard import Leaderboard
+    from hpo.search import SearchOptions
+    from hpo.search.driver import new_tuner
+    from hpo.search.observer import StudyCallback
+    from hpo.search.scheduler import Rungs
+    from hpo.search.searcher import Record, StudySearcher, open_study
+
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
+    record = open_study(space, folder.name, storage, seed=0)
+    searcher = StudySearcher(space, record, storage, Record.read(record), space.trials)
+    board = Leaderboard(folder / "leaderboard.csv", space.metric, space.mode)
+    scheduler = Rungs(space.metric, space.mode, space.grace_period, space.reduction_factor,
+                      space.max_epochs)
+    return new_tuner(space, SearchOptions(), folder, trainable, searcher,
+                     StudyCallback(board, None, searcher), scheduler, concurrency,
+                     space.trials), board
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     """An empty dataset cache folder for one test."""

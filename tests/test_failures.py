@@ -11,12 +11,8 @@ import pytest
 import ray
 from ray import tune
 
-from conftest import stored_study
+from conftest import stored_study, study_tuner
 from hpo.data import load_dataset
-from hpo.leaderboard import Leaderboard
-from hpo.search import SearchOptions
-from hpo.search.driver import new_tuner
-from hpo.search.observer import StudyCallback
 from hpo.space import load_space
 
 ROOT = Path(__file__).parents[1]
@@ -37,17 +33,14 @@ def test_crashed_trials_are_retried_then_failed_and_the_search_goes_on(tmp_path)
 
     space = load_space(ROOT / "tests/spaces/tiny.py")
     study = tmp_path / "crashy"
-    study.mkdir()
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(crashes_on_adam, attempts_dir=str(attempts)), {"cpu": 1})
         space = dataclasses.replace(space, trials=6, max_epochs=2, starting_points={})
-        tuner = new_tuner(space, SearchOptions(), study, trainable,
-                           StudyCallback(board, None), slots=2)
+        tuner, board = study_tuner(space, study, trainable)
         tuner.fit()
     finally:
         ray.shutdown()
@@ -80,22 +73,21 @@ def test_a_crashed_trial_goes_on_from_its_checkpoint(tmp_path, tiny_parquet):
 
         hpo.train.evaluate = evaluate
         try:
-            train_trial(config, data, metric, mode)
+            # a checkpoint after every epoch, so that the crash has one to go on from
+            train_trial(config, data, metric, mode, checkpoint_every=0)
         finally:
             hpo.train.evaluate = real
 
     space = dataclasses.replace(load_space(ROOT / "tests/spaces/tiny.py"), trials=1,
                                 max_epochs=4, grace_period=4, starting_points={})
     study = tmp_path / "crash-once"
-    study.mkdir()
-    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         trainable = tune.with_resources(tune.with_parameters(
             crashes_once_in_epoch_3, data=load_dataset(tiny_parquet).without_test(),
             metric="val_acc", mode="max", marker=str(tmp_path / "crashed")), {"cpu": 1})
-        new_tuner(space, SearchOptions(), study, trainable, StudyCallback(board, None),
-                  slots=1).fit()
+        tuner, board = study_tuner(space, study, trainable, concurrency=1)
+        tuner.fit()
     finally:
         ray.shutdown()
     assert (tmp_path / "crashed").exists()

@@ -10,12 +10,10 @@ import torch
 from ray import tune
 from rich.console import Console
 
-from hpo.leaderboard import Leaderboard
+from conftest import study_tuner
 from hpo.model import Infeasible, build_model
 from hpo.packing import CONTEXT_BYTES, Packer, predict_bytes
 from hpo.search import SearchOptions
-from hpo.search.driver import new_tuner
-from hpo.search.observer import StudyCallback
 from hpo.search.placement import probe, trial_resources
 from hpo.space import load_space, random_configs
 from hpo.train import peak_memory
@@ -120,8 +118,6 @@ def test_tune_gives_each_trial_the_fraction_its_config_needs(tmp_path):
                     num_classes=10, margin=1.0, context_bytes=0)
     assert packer.fraction(max(configs, key=packer.need)) > 0.25
     study = tmp_path / "packed"
-    study.mkdir()
-    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
     # Ray on this CPU-only machine, told it has one GPU: resources are booked all the same
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
@@ -132,11 +128,12 @@ def test_tune_gives_each_trial_the_fraction_its_config_needs(tmp_path):
                                             packer, "packed")
         assert slots == 4
         trainable = tune.with_resources(reports_its_share, resources)
-        results = new_tuner(space, SearchOptions(), study, trainable,
-                             StudyCallback(board, None), slots=slots).fit()
+        tuner, _ = study_tuner(space, study, trainable, concurrency=slots)
+        results = tuner.fit()
     finally:
         ray.shutdown()
-    shares = [(r.config, r.metrics["share"]) for r in results]
+    shares = [({k: v for k, v in r.config.items() if k != "trial"}, r.metrics["share"])
+              for r in results]
     assert len(shares) == 6
     # Ray keeps resources to four decimals
     assert [s for _, s in shares] == pytest.approx([packer.fraction(c) for c, _ in shares],

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from conftest import stored_study
-from hpo.leaderboard import Leaderboard
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
@@ -98,31 +97,32 @@ def test_more_trials_extend_a_finished_study_and_lost_trials_run_again(tmp_path,
     first = subprocess.run(command(tiny_parquet, 3), cwd=tmp_path, capture_output=True,
                            text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
-    # as if the driver had died just after a 4th trial started, before Tune saved its state:
-    # the leaderboard shows it running, Tune's snapshot does not know it
-    board = Leaderboard.load(study / "leaderboard.csv", "val_acc", "max")
-    lost = {**next(r["config"] for r in board.rows.values() if not r["config"].get("point")),
-            "lr": 0.0123}
-    board.start("deadbeef", lost)
-    board.write()
-    meta = json.loads((study / "study.json").read_text())
-    meta.update(finished=None, experiments={"ray": "running"})
-    (study / "study.json").write_text(json.dumps(meta))
+    # as if a driver had died just after Optuna handed it a 4th trial, before Ray started it:
+    # the record says RUNNING, nothing else knows the trial
+    stored = stored_study(study)
+    lost = stored.ask()
+    config = {**json.loads((study / "best.json").read_text()), "lr": 0.0123}
+    config.pop("point", None)
+    lost.set_user_attr("hpo_config", config)
+    lost.set_user_attr("hpo_kind", "trial")
 
     again = subprocess.run(command(tiny_parquet, 5), cwd=tmp_path, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "queued again" in again.stdout
+    assert "3 trials finished, 1 to continue, 1 to start" in again.stdout
     after = pd.read_csv(study / "leaderboard.csv", dtype={"trial_id": str})
-    assert len(after) == 5 and "deadbeef" not in set(after.trial_id)
-    assert set(after.status) <= {"completed", "stopped"}
-    # the lost trial's config ran again, under a new id, with the same values
+    assert len(after) == 5 and set(after.status) <= {"completed", "stopped"}
+    # the lost trial ran, under its own number, with its own config
     configs = json.loads((study / "configs.json").read_text())
-    rerun = [c for c in configs.values() if c["lr"] == 0.0123]
-    assert len(rerun) == 1 and {k: rerun[0][k] for k in lost} == lost
-    # the new experiment drew new configs, not the first one's random draws again
+    assert configs[str(lost.number)] == config
+    # the new run drew a new config, not the first run's random draws again
     assert len({c["lr"] for c in configs.values()}) == 5
-    stored = stored_study(study)
-    states = [t.state.name for t in stored.trials]
+    states = [t.state.name for t in stored_study(study).trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == 5
     assert not {"RUNNING", "WAITING"} & set(states)
+    # a finished study run again is complete: nothing trains, no result changes
+    before = {p.name: p.read_bytes() for p in study.glob("*.csv")}
+    done = subprocess.run(command(tiny_parquet, 5), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "this study is complete" in done.stdout
+    assert {p.name: p.read_bytes() for p in study.glob("*.csv")} == before

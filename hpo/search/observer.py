@@ -1,32 +1,43 @@
-"""The driver's view of the trials as Tune runs them: leaderboard, progress, timings, memory."""
+"""The driver's view of the trials as Tune runs them: leaderboard, best weights, progress,
+timings, memory seen, and each trial's checkpoints from its first to its end."""
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import pyarrow.fs as pafs
 from ray import tune
 
+from hpo.files import write_json
 from hpo.leaderboard import Leaderboard
 from hpo.packing import Packer
 from hpo.progress import Progress
+from hpo.search.trainable import best_weights
 
 
 class StudyCallback(tune.Callback):
-    """Driver-side observer: feeds the leaderboard and the progress view."""
+    """Driver-side observer: feeds the leaderboard and the progress view, tells the searcher
+    where each trial's latest checkpoint is, keeps best.pt and best.json on the best finished
+    trial, and deletes a trial's checkpoints when it ends (unless `keep_checkpoints`)."""
 
-    def __init__(self, board: Leaderboard, progress: Progress | None,
-                 replayed: frozenset[str] = frozenset(), packer: Packer | None = None,
-                 ray_start_s: float = 0.0):
+    def __init__(self, board: Leaderboard, progress: Progress | None, searcher=None,
+                 packer: Packer | None = None, ray_start_s: float = 0.0,
+                 keep_checkpoints: bool = False):
         self.board, self.progress, self.packer = board, progress, packer
-        self.replayed = replayed  # finished trials that a resume only replays: rows stay as is
+        self.searcher = searcher  # StudySearcher: the record of checkpoints, the interrupt flag
         self.ray_start_s = ray_start_s  # starting or joining Ray, before any trial
+        self.keep_checkpoints = keep_checkpoints
         # wall-clock spans trials computed (an epoch: training, then evaluation), seconds of
         # them spent training, and trials' whole lives as the driver saw them
         self.intervals: list[tuple[float, float]] = []
         self.train_s = self.lives_s = 0.0
         self._began: dict[str, float] = {}
+        self._checkpoints: dict[str, tune.Checkpoint] = {}  # latest, by leaderboard id
         self._last_write = 0.0
 
     def time_spent(self, start: float, end: float, busy: float) -> dict[str, float]:
@@ -43,7 +54,7 @@ class StudyCallback(tune.Callback):
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; a live terminal view can't be
         state = dict(self.__dict__)
-        state["progress"] = None
+        state.update(progress=None, searcher=None)
         return state
 
     def _refresh(self, force: bool = False) -> None:
@@ -58,42 +69,89 @@ class StudyCallback(tune.Callback):
                                                    best["config"].get("point", "")))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.replayed:
-            return
-        self.board.start(trial.trial_id, trial.config)
-        self._began[trial.trial_id] = time.time()
+        tid = _row_id(trial)
+        self.board.start(tid, _config(trial))
+        self._began[tid] = time.time()
         self._refresh(force=True)
 
-    def _ended(self, trial_id: str) -> None:
-        began = self._began.pop(trial_id, None)
-        if began is not None:
-            self.lives_s += time.time() - began
-
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if trial.trial_id in self.replayed:
-            return
-        self.board.result(trial.trial_id, result)
+        tid = _row_id(trial)
+        self.board.result(tid, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
             self.train_s += result["train_seconds"]
         if self.packer and result.get("gpu_peak"):
-            self.packer.observe(trial.config, result["gpu_peak"])
+            self.packer.observe(_config(trial), result["gpu_peak"])
         self._refresh()
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        self._checkpoints[_row_id(trial)] = checkpoint
+        if self.searcher is not None:
+            self.searcher.note_checkpoint(trial.trial_id, _uri(checkpoint))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.replayed:
-            return
-        self.board.finish(trial.trial_id)
-        self._ended(trial.trial_id)
+        tid = _row_id(trial)
+        if self.searcher is not None and self.searcher.interrupted:
+            self.board.finish(tid, "interrupted", "the search was stopped; the same command "
+                              "continues this trial from its last checkpoint")
+            self._checkpoints.pop(tid, None)  # kept on disk: the next run continues from it
+        else:
+            self.board.finish(tid)
+            self._ended(tid)
+        self._lived(tid)
         self._refresh(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.board.finish(trial.trial_id, "failed", _last_error_line(trial))
-        self._ended(trial.trial_id)
+        tid = _row_id(trial)
+        self.board.finish(tid, "failed", _last_error_line(trial))
+        self._ended(tid)
+        self._lived(tid)
         self._refresh(force=True)
 
     def on_step_end(self, iteration, trials, **info):
         self._refresh()
+
+    def _ended(self, tid: str) -> None:
+        """A trial is over: if it is the best finished trial, its best epoch's weights become
+        best.pt (and its config best.json); then its checkpoints go."""
+        checkpoint = self._checkpoints.pop(tid, None)
+        best = self.board.best()
+        study = self.board.path.parent
+        if best and best["trial_id"] == tid and checkpoint is not None:
+            best_weights(checkpoint, study / "best.pt")
+            write_json(study / "best.json", best["config"])
+        if checkpoint is not None and not self.keep_checkpoints:
+            _delete_checkpoints(checkpoint)
+
+    def _lived(self, tid: str) -> None:
+        began = self._began.pop(tid, None)
+        if began is not None:
+            self.lives_s += time.time() - began
+
+
+def _delete_checkpoints(latest: tune.Checkpoint) -> None:
+    """Every checkpoint of the trial whose latest is `latest` (an earlier run of the study may
+    have left others beside it)."""
+    fs, trial_dir = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    with contextlib.suppress(OSError):  # already gone is as good
+        for info in fs.get_file_info(pafs.FileSelector(trial_dir)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith(
+                    "checkpoint_"):
+                fs.delete_dir(info.path)
+
+
+def _row_id(trial) -> str:
+    """The leaderboard's id of a Tune trial: its trial number in the study's Optuna record."""
+    return str(trial.config["trial"])
+
+
+def _config(trial) -> dict[str, Any]:
+    return {k: v for k, v in trial.config.items() if k != "trial"}
+
+
+def _uri(checkpoint: tune.Checkpoint) -> str:
+    kind = checkpoint.filesystem.type_name
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def _last_error_line(trial) -> str:

@@ -1,68 +1,192 @@
-"""What a search is asked to do: the command line's options, checked against the space file
-and the data before anything is created under results/."""
+"""What a search is asked to do, checked before anything starts.
+
+`plan_search` turns the command line's options into a Plan: the space file loaded, its budget
+applied, the study folder chosen, and, for a study that exists, its recorded settings filled
+in where the command leaves them out and compared where it gives them. It imports neither
+torch nor Ray and writes nothing, so a mistake costs a second and changes no file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from hpo.data import Dataset, load_dataset
-from hpo.space import Space
-from hpo.study import apply_options, check_resumable, choose_folder
+from hpo.lock import StudyLock
+from hpo.space import Space, SpaceError, load_space
+from hpo.study import apply_options, choose_folder, read_meta
+
+CHECKPOINT_EVERY_S = 60.0  # see BENCHMARKS.md, "What a checkpoint costs"
 
 
 class StudyError(ValueError):
-    """Bad input found before a study starts (options, data); one line, naming the file."""
+    """Bad input found before a study starts (options, files, the study folder); one line."""
 
 
 @dataclass
 class SearchOptions:
-    """What the command line may override or add to a space file."""
+    """What the command line may override or add to a space file. None means: the space
+    file's value for a new study, the recorded one for a study that exists."""
 
     data: str | None = None
     trials: int | None = None
     max_epochs: int | None = None
     grace_period: int | None = None
     name: str | None = None
+    fraction: float | None = None  # default 1.0
+    split_seed: int | None = None  # default 0: which images are validation
+    seed: int | None = None  # default 0: the sampler's
+    storage: str | None = None  # Optuna storage URL (default: SQLite in the study folder)
     gpus_per_trial: float | None = None  # default: from each trial's measured memory
     trials_per_gpu: int = 4  # at most, when hpo picks the fractions
     cpus_per_trial: float = 1.0
-    fraction: float = 1.0
     address: str | None = None  # None: start Ray on this machine
     fresh: bool = False  # a new study under a new name, instead of resuming results/<name>
-    storage: str | None = None  # Optuna storage URL (default: SQLite in the study folder)
     storage_path: str | None = None  # Tune's trial storage every node reaches (path or URI)
     num_cpus: int | None = None  # CPUs of a local Ray (default: all)
     concurrency: int | None = None
-    seed: int = 0
+    checkpoint_every: float = CHECKPOINT_EVERY_S  # seconds of training between checkpoints
+    keep_checkpoints: bool = False  # keep every trial's last checkpoint after it ends
     results: Path = Path("results")
 
 
-def prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
-    """Apply the options to the space, load the data and choose the study folder, without
-    creating anything under results/ (so bad input leaves nothing behind).
+# What makes a study: a resume must match these, or it would mix two searches in one record.
+# Each maps to how the user sets it, for the message that names what differs.
+IDENTITY = {"space": "the space file", "data": "--data (the images themselves)",
+            "fraction": "--fraction", "split_seed": "--split-seed", "seed": "--seed",
+            "max_epochs": "--max-epochs", "grace_period": "--grace-period",
+            "storage": "--storage"}
+# What a resume may change (README, "Nothing lost"); everything else is the identity above.
+MUTABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "trials_per_gpu",
+           "num_cpus", "address", "storage_path", "checkpoint_every", "keep_checkpoints")
+DEFAULTS = {"fraction": 1.0, "split_seed": 0, "seed": 0, "storage": None}
 
-    Raises StudyError (DataError for the data) with one line naming the file at fault.
-    """
+
+@dataclass(frozen=True)
+class Plan:
+    """A search ready to start: the space under its budget, every option resolved, the
+    folder, and what the folder recorded ({} for a new study)."""
+
+    space: Space
+    options: SearchOptions
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.meta)
+
+    def identity(self, data_content: str) -> dict[str, Any]:
+        """The settings that make this study, with the decoded images' content hash."""
+        o = self.options
+        return {"space": _sha256(self.space.source), "data": data_content,
+                "fraction": o.fraction, "split_seed": o.split_seed, "seed": o.seed,
+                "max_epochs": self.space.max_epochs, "grace_period": self.space.grace_period,
+                "storage": o.storage}
+
+
+def plan_search(space_path: str | os.PathLike, options: SearchOptions) -> Plan:
+    """Check the options, the space file, the data's path and the study folder, and return
+    the Plan; raise StudyError (one line naming the option, file or setting) otherwise.
+    Reads, never writes; imports neither torch nor Ray."""
     try:
-        return _prepare(space, options)
+        space = load_space(space_path)
+    except SpaceError as exc:
+        raise StudyError(str(exc)) from None
+    folder = choose_folder(options.results, options.name or space.name, options.fresh)
+    held = StudyLock(folder).holder()
+    if held:
+        raise StudyError(f"{folder}: another hpo search is running this study ({held}); "
+                         "wait for it to end, or pass --name for a study of its own")
+    meta = _recorded(folder)
+    options = _resolve(options, meta.get("identity", {}), meta.get("data") or space.data)
+    try:
+        space = apply_options(space, dataclasses.asdict(options))
     except ValueError as exc:
         raise StudyError(str(exc)) from None
+    plan = Plan(space, options, folder, meta)
+    if meta:
+        _compare(folder, meta["identity"], plan.identity(meta["identity"]["data"]))
+    if not options.data:
+        raise StudyError(f"{space.path}: no data: pass --data or set `data` in the space file")
+    _check_data_path(options.data)
+    _check_writable(folder)
+    return plan
 
 
-def _prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
-    space = apply_options(space, dataclasses.asdict(options))
-    if options.trials_per_gpu < 1:
-        raise ValueError("--trials-per-gpu must be 1 or more")
-    if options.gpus_per_trial is not None and options.gpus_per_trial <= 0:
-        raise ValueError("--gpus-per-trial must be above 0")
-    source = options.data or space.data
-    if not source:
-        raise ValueError(f"{space.path}: no data: pass --data or set `data` in the space file")
-    data = load_dataset(source, val_fraction=space.val_fraction, seed=options.seed,
-                        fraction=options.fraction, image_size=space.image_size,
-                        channels=space.channels)
-    folder = choose_folder(options.results, options.name or space.name, options.fresh)
-    check_resumable(folder, space.source, data.fingerprint)
-    return space, data, folder
+def check_data(plan: Plan, content: str) -> None:
+    """Raise StudyError when a resumed study's recorded images differ from `content`."""
+    if plan.meta:
+        _compare(plan.folder, plan.meta["identity"], plan.identity(content))
+
+
+def _recorded(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        return {}
+    if not folder.is_dir():
+        raise StudyError(f"{folder}: exists and is not a folder; pass --name for another study")
+    try:
+        meta = read_meta(folder)
+    except ValueError as exc:
+        raise StudyError(f"{folder / 'study.json'}: unreadable ({exc}); pass --fresh for a "
+                         "new study, or --name") from None
+    if not meta:
+        others = [p.name for p in folder.iterdir() if p.name != ".lock"]
+        if others:
+            raise StudyError(f"{folder}: holds files but no study.json, so it is not an hpo "
+                             "study; pass --name for another folder")
+        return {}
+    if "identity" not in meta:
+        raise StudyError(f"{folder}: made by an older hpo that recorded no study identity; "
+                         "pass --fresh to start a new study beside it")
+    return meta
+
+
+def _resolve(options: SearchOptions, recorded: dict[str, Any],
+             data: str | None) -> SearchOptions:
+    """Options with the recorded value (else the default) wherever the command left one out."""
+    filled = {}
+    for key in ("fraction", "split_seed", "seed", "max_epochs", "grace_period", "storage"):
+        if getattr(options, key) is None:
+            filled[key] = recorded.get(key, DEFAULTS.get(key))
+    return dataclasses.replace(options, data=options.data or data, **filled)
+
+
+def _compare(folder: Path, recorded: dict[str, Any], given: dict[str, Any]) -> None:
+    for key, how in IDENTITY.items():
+        if recorded.get(key) == given[key]:
+            continue
+        if key == "space":
+            raise StudyError(f"{folder}: the space file differs from the one this study "
+                             f"searched ({folder / 'space.py'}); pass --fresh to start a new "
+                             "study, or --name")
+        if key == "data":
+            raise StudyError(f"{folder}: {how} differ from the ones this study searched "
+                             f"(content {recorded.get(key)}, given {given[key]}); "
+                             "pass --fresh to start a new study, or --name")
+        raise StudyError(f"{folder}: {how} differs from this study's: recorded "
+                         f"{recorded.get(key)!r}, given {given[key]!r}; pass --fresh to start "
+                         "a new study, or --name")
+
+
+def _check_data_path(data: str) -> None:
+    if data.startswith("torchvision:"):
+        return  # a folder torchvision downloads into; it may not exist yet
+    if not Path(data).exists():
+        raise StudyError(f"{data}: does not exist (--data)")
+
+
+def _check_writable(folder: Path) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise StudyError(f"{existing}: is a file, not a folder; pass --results with a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StudyError(f"{existing}: cannot write here (permission denied or read-only); "
+                         "pass --results for another folder")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -13,7 +13,7 @@ from rich.console import Console
 from hpo import train
 from hpo.data import Dataset
 from hpo.model import Infeasible
-from hpo.packing import Packer, device_bytes
+from hpo.packing import Packer, device_bytes, predict_bytes
 from hpo.search.options import SearchOptions
 from hpo.space import Space, random_configs
 
@@ -25,6 +25,7 @@ _PACKERS: dict[str, Packer] = {}
 
 
 def _packed_resources(study: str, cpus: float, config: dict) -> tune.PlacementGroupFactory:
+    config = {k: v for k, v in config.items() if k != "trial"}  # the label, not a setting
     return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": _PACKERS[study].fraction(config)}])
 
 
@@ -97,3 +98,31 @@ def _measure_memory(configs, image_shape, num_classes):
         except (Infeasible, torch.OutOfMemoryError):
             continue
     return torch.cuda.get_device_properties(0).total_memory, measured
+
+
+def feasibility(data: Dataset, packer: Packer | None, cluster: dict, slots: int):
+    """A check of a drawn config, before it becomes a trial: it raises model.Infeasible when
+    the config cannot be built for the data's images, or when its predicted memory exceeds
+    what one trial can have (a whole GPU's memory where trials run on GPUs that hpo measured;
+    on CPUs, the cluster's memory shared by the trials that run at once)."""
+    shape, classes = data.image_shape, data.num_classes
+    if packer is not None:
+        limit, where = packer.gpu_bytes, "of one GPU"
+        need = packer.need
+    else:
+        limit = cluster.get("memory", 0) / max(1, slots)
+        where = (f"per trial ({cluster.get('memory', 0) / 2**30:.0f} GiB of memory shared by "
+                 f"{max(1, slots)} trials at once)")
+        data_bytes = device_bytes(data)
+
+        def need(config):
+            # the prediction counts bf16 activations; on the CPU they are fp32
+            return data_bytes + 2 * predict_bytes(config, shape, classes)
+
+    def check(config):
+        n = need(config)  # raises Infeasible for a config that cannot be built
+        if limit and n > limit:
+            raise Infeasible(f"needs about {n / 2**30:.1f} GiB, more than the "
+                             f"{limit / 2**30:.1f} GiB {where}", ("batch_size", "width", "head"),
+                             n / limit - 1)
+    return check

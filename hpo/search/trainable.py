@@ -1,10 +1,11 @@
-"""Ray's side of one trial: run_trial with a report that forwards to Tune."""
+"""Ray's side of one trial: run_trial with a report that forwards to Tune, and checkpoints."""
 
 from __future__ import annotations
 
 import math
 import os
 import tempfile
+import time
 
 import ray
 import torch
@@ -12,24 +13,23 @@ from ray import tune
 
 from hpo import train
 from hpo.data import Dataset, decode_count
+from hpo.files import replace_file
 from hpo.packing import CONTEXT_BYTES
 
 
-def train_trial(config: dict, data: Dataset, metric: str, mode: str,
-                finished: dict[str, dict] | None = None) -> None:
-    """Ray's side of a trial: run_trial with a report that forwards to Tune, and a checkpoint
-    whenever the metric improves (Tune keeps the best one, which is also the latest): the
-    weights, and what training needs to go on from there. A trial Tune starts again, after a
-    crash or a resumed search, continues from that checkpoint instead of from epoch 1.
+def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tuple[int, ...] = (),
+                checkpoint_every: float = 60.0, resume: dict[int, str] | None = None) -> None:
+    """Ray's side of a trial: run_trial with a report that forwards to Tune.
 
-    `finished` holds the last result of trials a resumed study already finished: Tune's
-    experiment snapshot can predate their end, and they must not train again, so such a
-    trial only reports its result once more.
+    A checkpoint (the weights, the best epoch's weights, and what training needs to go on) is
+    written at each ASHA rung (`rungs`: where the scheduler may end the trial), at the last
+    epoch, and otherwise at most every `checkpoint_every` seconds of training: never at every
+    improvement. A trial Tune starts again after a crash continues from its latest checkpoint;
+    so does a trial an earlier run of the study left unfinished (`resume`: trial number ->
+    checkpoint URI).
     """
-    replay = (finished or {}).get(tune.get_context().get_trial_id())
-    if replay is not None:
-        tune.report(replay)
-        return
+    number = config["trial"]
+    config = {k: v for k, v in config.items() if k != "trial"}
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
     if torch.cuda.is_available() and 0 < gpus < 1:
         # a trial that outgrows its share fails alone ("oom") instead of starving the
@@ -38,37 +38,73 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str,
         torch.cuda.set_per_process_memory_fraction(max(0.05, gpus - CONTEXT_BYTES / total))
     # the IP names the machine; the node id tells apart two raylets on one machine
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    resume = _load(tune.get_checkpoint())
-    best = [resume.pop("best") if resume else None]
+    state = _load(tune.get_checkpoint())
+    if state is None and (resume or {}).get(number):
+        try:
+            state = _load(tune.Checkpoint(resume[number]))
+        except Exception as exc:  # gone or unreadable: the trial starts again from epoch 1
+            print(f"trial {number}: cannot continue from {resume[number]} ({exc!r})")
+    sign = 1 if mode == "max" else -1
+    best = {"value": None, "epoch": 0, "weights": None}
+    if state:
+        best.update(value=state.pop("best"), epoch=state.pop("best_epoch"),
+                    weights=state.pop("best_weights"))
+    last_saved = [time.monotonic()]
 
     def report(metrics: dict, model=None, state=None) -> None:
         metrics = {**metrics, "node": node, "data": data.fingerprint, "decoded": decode_count()}
-        value = metrics.get(metric)
-        if model is None or value is None or not math.isfinite(value) or (
-            best[0] is not None and (value <= best[0] if mode == "max" else value >= best[0])
-        ):
+        epoch, value = metrics.get("epoch", 0), metrics.get(metric)
+        if model is not None and value is not None and math.isfinite(value) and (
+                best["value"] is None or sign * value > sign * best["value"]):
+            # a copy on the host: the best epoch's weights outlive the epochs after it
+            best.update(value=value, epoch=epoch, weights={
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        due = epoch in rungs or metrics.get("status") == "completed" or (
+            time.monotonic() - last_saved[0] >= checkpoint_every)
+        if model is None or state is None or not due:
             tune.report(metrics)
             return
-        best[0] = value
-        # Tune copies the checkpoint to its storage before report returns
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as folder:
             torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
-            if state is not None:
-                torch.save({**state(), "best": value}, os.path.join(folder, "train.pt"))
+            # the best epoch's weights are model.pt's when it is this epoch; train.pt says
+            # which file holds them (a file left from an earlier run may lie beside it)
+            best_file = "model.pt"
+            if best["epoch"] != epoch and best["weights"] is not None:
+                best_file = "best.pt"
+                torch.save(best["weights"], os.path.join(folder, best_file))
+            torch.save({**state(), "best": best["value"], "best_epoch": best["epoch"],
+                        "best_file": best_file}, os.path.join(folder, "train.pt"))
+            # Tune copies the folder to the trial's storage before report returns
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_saved[0] = time.monotonic()
 
-    train.run_trial(config, data, report, resume=resume)
+    train.run_trial(config, data, report, resume=state)
 
 
 def _load(checkpoint: tune.Checkpoint | None) -> dict | None:
-    """The training state in a checkpoint, with its weights under "model"; None without."""
+    """The training state in a checkpoint: its train.pt with the weights under "model" and the
+    best epoch's under "best_weights"; None without a checkpoint."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         if not os.path.isfile(os.path.join(folder, "train.pt")):
             return None
-        resume = torch.load(os.path.join(folder, "train.pt"), map_location="cpu",
-                            weights_only=True)
-        resume["model"] = torch.load(os.path.join(folder, "model.pt"), map_location="cpu",
-                                     weights_only=True)
-    return resume
+        state = torch.load(os.path.join(folder, "train.pt"), map_location="cpu",
+                           weights_only=True)
+        state["model"] = torch.load(os.path.join(folder, "model.pt"), map_location="cpu",
+                                    weights_only=True)
+        best = state.pop("best_file", "model.pt")
+        state["best_weights"] = (state["model"] if best == "model.pt" else torch.load(
+            os.path.join(folder, best), map_location="cpu", weights_only=True))
+    return state
+
+
+def best_weights(checkpoint: tune.Checkpoint, destination: str | os.PathLike) -> None:
+    """Copy the best epoch's weights in a trial's checkpoint to `destination` (whole)."""
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "train.pt"), map_location="cpu",
+                           weights_only=True)
+        source = os.path.join(folder, state.get("best_file", "model.pt"))
+        with open(source, "rb") as src, replace_file(destination) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
