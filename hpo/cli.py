@@ -70,7 +70,8 @@ def cmd_search(args) -> int:
         trials_per_gpu=args.trials_per_gpu, address=args.address,
         storage_path=args.storage_path, fresh=args.fresh, num_cpus=args.num_cpus,
         concurrency=args.concurrency, checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints, results=Path(args.results))
+        keep_checkpoints=args.keep_checkpoints, epoch_budget=args.epoch_budget,
+        time_budget=args.time_budget and args.time_budget * 60, results=Path(args.results))
     study = search(args.space, options)
     console = _console()
     if args.final and (study / "best.json").is_file():
@@ -309,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every trial's last checkpoint after it ends (default: only the "
                         "best trial's weights, as best.pt)")
+    p.add_argument("--epoch-budget", type=POSITIVE, metavar="EPOCHS",
+                   help="stop this run once its trials have trained this many epochs in all "
+                        "(the same command continues the study)")
+    p.add_argument("--time-budget", type=_real(0), metavar="MINUTES",
+                   help="stop this run after this many minutes (the same command continues)")
     p.add_argument("--results", default="results", help="folder of study folders")
     p.add_argument("--final", action="store_true",
                    help="then retrain the best config on train + val and test it (hpo train)")

@@ -32,8 +32,10 @@ def predict_bytes(config: Mapping[str, Any], image_shape: tuple[int, int, int],
     evaluation batch's largest layers if more, and fp32 weights, gradients and optimizer
     state. Built on the meta device: no memory, milliseconds.
     Raises Infeasible for a config that cannot be built."""
-    with torch.device("meta"):
-        model = build_model(config, image_shape, num_classes)
+    # eval mode and no autograd: the same output shapes, and BatchNorm's training path on the
+    # meta device costs seconds (Python decompositions), eval's a few milliseconds
+    with torch.device("meta"), torch.no_grad():
+        model = build_model(config, image_shape, num_classes).eval()
         sizes: list[int] = []
 
         def count(module: nn.Module, args, output) -> None:

@@ -133,6 +133,8 @@ class Space:
     channels: int | None = None
     val_fraction: float = 0.1
     concurrency: int | None = None
+    sampler: str = "tpe"  # how Optuna proposes configs: one of SAMPLERS
+    startup_trials: int = 10  # trials drawn at random before the sampler models anything
 
     @property
     def metric(self) -> str:
@@ -281,6 +283,11 @@ def _build(path: Path, m) -> Space:
                 check_value(key, value)
             except ValueError as exc:
                 raise ValueError(f"starting point {pname!r}: {exc}") from None
+    sampler, startup = get("sampler", "tpe"), get("startup_trials", 10)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    if not isinstance(startup, int) or isinstance(startup, bool) or startup < 0:
+        raise ValueError(f"startup_trials must be a whole number >= 0, got {startup!r}")
     val_fraction = get("val_fraction", 0.1)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -300,10 +307,20 @@ def _build(path: Path, m) -> Space:
         channels=get("channels"),
         val_fraction=val_fraction,
         concurrency=get("concurrency"),
+        sampler=sampler,
+        startup_trials=startup,
     )
 
 
-SECOND_OBJECTIVES = ("params",)  # trainable parameters, reported by every trial
+SECOND_OBJECTIVES = ("params",)
+# Optuna samplers a space file may name (hpo.search.searcher.make_sampler builds them):
+SAMPLERS = {
+    "tpe": "univariate TPE, a constant liar for trials still running (the default)",
+    "tpe-multivariate": "TPE over the joint distribution of dimensions drawn together "
+                        "(multivariate=True, group=True), with a constant liar",
+    "gp": "Optuna's Gaussian-process sampler (learns from completed trials only)",
+    "random": "uniform random draws (with ASHA: random search + early stopping)",
+}  # trainable parameters, reported by every trial
 
 
 def _objectives(metric, mode) -> tuple[tuple[str, str], ...]:

@@ -84,7 +84,7 @@ def test_ctrl_c_stops_within_seconds_and_prints_the_resume_command(tmp_path, tin
     out, err = proc.communicate(timeout=60)
     assert time.time() - t0 < 30
     assert proc.returncode == 130, err[-2000:]
-    assert "resume with" in out and "hpo search" in out
+    assert "stopped by Ctrl-C" in out and "continue with" in out and "hpo search" in out
     kept = finished_rows(board)
     assert len(kept) >= 1
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -126,3 +126,29 @@ def test_more_trials_extend_a_finished_study_and_lost_trials_run_again(tmp_path,
                           text=True, timeout=600)
     assert done.returncode == 0 and "this study is complete" in done.stdout
     assert {p.name: p.read_bytes() for p in study.glob("*.csv")} == before
+
+
+def test_an_epoch_budget_stops_the_run_and_the_same_command_continues(tmp_path, tiny_parquet):
+    study = tmp_path / "results/tiny"
+    budget = subprocess.run([*command(tiny_parquet, 6), "--epoch-budget", "3"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert budget.returncode == 0, budget.stderr[-2000:]
+    assert "stopped by the epoch budget (3 epochs)" in budget.stdout
+    first = pd.read_csv(study / "epochs.csv")
+    # the trials the budget cut short wait, unfinished, for the next run
+    stored = stored_study(study)
+    assert "RUNNING" in {t.state.name for t in stored.trials}
+    meta = json.loads((study / "study.json").read_text())
+    assert meta["finished"] is None and meta["runs"][0]["stopped_by"].startswith("the epoch")
+
+    done = subprocess.run(command(tiny_parquet, 6), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    board = pd.read_csv(study / "leaderboard.csv")
+    assert len(board) == 6 and set(board.status) <= {"completed", "stopped"}
+    states = [t.state.name for t in stored_study(study).trials]
+    assert "RUNNING" not in states
+    # no epoch trained before the budget stopped the run was lost from the curves
+    after = pd.read_csv(study / "epochs.csv")
+    for _, row in first.iterrows():
+        assert ((after.trial_id == row.trial_id) & (after.epoch == row.epoch)).any()

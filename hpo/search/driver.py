@@ -32,6 +32,7 @@ from hpo.search.placement import feasibility, probe, trial_resources
 from hpo.search.scheduler import Rungs
 from hpo.search.searcher import (
     CONFIG,
+    MAX_DUPLICATES_IN_A_ROW,
     REASON,
     STATUS,
     Record,
@@ -96,17 +97,17 @@ def run_search(plan: Plan, data: Dataset, console: Console | None = None,
         if best:
             meta["best"] = {"trial_id": best["trial_id"], space.metric: best[space.metric]}
         stopped = searcher.interrupted or searcher.error
-        meta["runs"][-1].update(ended=now(), interrupted=bool(stopped))
+        meta["runs"][-1].update(ended=now(), stopped_by=searcher.stopped_by or None)
         if not stopped:
             meta["finished"] = now()
         write_meta(study, meta)
         _summarise(console, study, board, busy, t1 - t0, meta, searcher)
         if searcher.interrupted and not searcher.error:
-            console.print(f"[yellow]interrupted[/]: everything so far is kept; resume with\n"
-                          f"  {_command_line()}")
+            console.print(f"[yellow]stopped by {searcher.stopped_by}[/]: everything so far is "
+                          f"kept; continue with\n  {_command_line()}")
     if searcher.error:
         raise SpaceInfeasible(searcher.error)
-    if searcher.interrupted:
+    if searcher.stopped_by in ("Ctrl-C", "SIGTERM"):
         raise KeyboardInterrupt
     return study
 
@@ -195,7 +196,8 @@ def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
             # config are written here by the driver either way
             name=study.name if options.storage_path else EXPERIMENT,
             storage_path=options.storage_path or str(study.resolve()), verbose=0,
-            callbacks=[callback], stop=_Stop(searcher),
+            callbacks=[callback],
+            stop=_Stop(searcher, callback, options.epoch_budget, options.time_budget),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
@@ -205,16 +207,26 @@ def _trial_name(trial) -> str:
 
 
 class _Stop(tune.Stopper):
-    """Ends the Tune run once the searcher is interrupted (Ctrl-C, SIGTERM) or gives up."""
+    """Ends the Tune run once the searcher is stopped (Ctrl-C, SIGTERM, a budget of this run
+    spent: `epochs` trained in all, or `seconds` of wall time) or gives up."""
 
-    def __init__(self, searcher: StudySearcher):
-        self.searcher = searcher
+    def __init__(self, searcher: StudySearcher, callback: StudyCallback,
+                 epochs: int | None = None, seconds: float | None = None):
+        self.searcher, self.callback = searcher, callback
+        self.epochs, self.seconds, self.t0 = epochs, seconds, time.time()
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return bool(self.searcher and (self.searcher.interrupted or self.searcher.error))
+        s = self.searcher
+        if s is None:
+            return False
+        if self.epochs and self.callback.epochs >= self.epochs:
+            s.stop(f"the epoch budget ({self.epochs} epochs)")
+        if self.seconds and time.time() - self.t0 >= self.seconds:
+            s.stop(f"the time budget ({self.seconds / 60:g} min)")
+        return s.interrupted or bool(s.error)
 
     def __getstate__(self):
         return {"searcher": None}  # Tune pickles its run config; the flag lives here only
@@ -226,9 +238,9 @@ def _interruptible(searcher: StudySearcher):
     search to stop: running trials stay unfinished in the record, to be continued. A second
     Ctrl-C stops at once."""
     def ask_to_stop(signum, frame):
-        if searcher.interrupted:
+        if searcher.interrupted and searcher.stopped_by in ("Ctrl-C", "SIGTERM"):
             raise KeyboardInterrupt
-        searcher.interrupted = True
+        searcher.stop("Ctrl-C" if signum == signal.SIGINT else "SIGTERM")
 
     saved = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -261,6 +273,9 @@ def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, w
                   f"(cannot be built or would not fit), {searcher.duplicates} duplicates of "
                   f"trials already run ({meta['rejected']} and {meta['duplicates']} in the "
                   "whole study)")
+    if searcher.exhausted:
+        console.print(f"the space is exhausted: {MAX_DUPLICATES_IN_A_ROW} draws in a row "
+                      "repeated configs already run, so the search ended early")
     if best:
         console.print(f"best {board.metric} {best[board.metric]:.4f} (trial {best['trial_id']}"
                       f"{', ' + best['config']['point'] if best['config'].get('point') else ''})"

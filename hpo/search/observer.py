@@ -36,6 +36,7 @@ class StudyCallback(tune.Callback):
         # them spent training, and trials' whole lives as the driver saw them
         self.intervals: list[tuple[float, float]] = []
         self.train_s = self.lives_s = 0.0
+        self.epochs = 0  # epochs trained in this run, by all trials
         self._began: dict[str, float] = {}
         self._checkpoints: dict[str, tune.Checkpoint] = {}  # latest, by leaderboard id
         self._last_write = 0.0
@@ -77,6 +78,7 @@ class StudyCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = _row_id(trial)
         self.board.result(tid, result)
+        self.epochs += result.get("epoch", 0) > 0
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
             self.train_s += result["train_seconds"]
@@ -92,8 +94,9 @@ class StudyCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = _row_id(trial)
         if self.searcher is not None and self.searcher.interrupted:
-            self.board.finish(tid, "interrupted", "the search was stopped; the same command "
-                              "continues this trial from its last checkpoint")
+            self.board.finish(tid, "interrupted", f"{self.searcher.stopped_by} stopped the "
+                              "search; the same command continues this trial from its last "
+                              "checkpoint")
             self._checkpoints.pop(tid, None)  # kept on disk: the next run continues from it
         else:
             self.board.finish(tid)

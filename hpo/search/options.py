@@ -19,7 +19,7 @@ from hpo.lock import StudyLock
 from hpo.space import Space, SpaceError, load_space
 from hpo.study import apply_options, choose_folder, read_meta
 
-CHECKPOINT_EVERY_S = 60.0  # see BENCHMARKS.md, "What a checkpoint costs"
+CHECKPOINT_EVERY_S = 120.0  # the costliest checkpoint measured: ~1% of this; BENCHMARKS.md
 
 
 class StudyError(ValueError):
@@ -50,6 +50,8 @@ class SearchOptions:
     concurrency: int | None = None
     checkpoint_every: float = CHECKPOINT_EVERY_S  # seconds of training between checkpoints
     keep_checkpoints: bool = False  # keep every trial's last checkpoint after it ends
+    epoch_budget: int | None = None  # this run stops once its trials trained this many epochs
+    time_budget: float | None = None  # ... or after this many seconds
     results: Path = Path("results")
 
 
@@ -61,7 +63,8 @@ IDENTITY = {"space": "the space file", "data": "--data (the images themselves)",
             "storage": "--storage"}
 # What a resume may change (README, "Nothing lost"); everything else is the identity above.
 MUTABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "trials_per_gpu",
-           "num_cpus", "address", "storage_path", "checkpoint_every", "keep_checkpoints")
+           "num_cpus", "address", "storage_path", "checkpoint_every", "keep_checkpoints",
+           "epoch_budget", "time_budget")
 DEFAULTS = {"fraction": 1.0, "split_seed": 0, "seed": 0, "storage": None}
 
 

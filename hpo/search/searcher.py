@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +43,7 @@ DUPLICATE_OF = "hpo_duplicate_of"
 CONSTRAINT = "feasible"  # > 0: TPE ranks the trial below every feasible one
 TERMINAL = ("infeasible", "diverged", "oom")  # outcomes of the config itself
 MAX_REJECTED_IN_A_ROW = 200
+MAX_DUPLICATES_IN_A_ROW = 100  # then the space has (almost) nothing left that has not run
 
 
 class SpaceInfeasible(ValueError):
@@ -98,10 +100,9 @@ def config_key(config: dict[str, Any]) -> str:
 
 def open_study(space: Space, name: str, storage: optuna.storages.BaseStorage,
                seed: int) -> optuna.Study:
-    """The Optuna study of a study folder (created on first use), with its sampler: TPE with
-    a constant liar (running trials count as bad, so parallel workers spread out), seeded by
-    `seed` plus the trials recorded, so that a resumed search does not redraw the random
-    configs of its first run."""
+    """The Optuna study of a study folder (created on first use), with the space's sampler
+    seeded by `seed` plus the trials recorded, so that a resumed search does not redraw the
+    random configs of its first run."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize" if mode == "max" else "minimize" for _, mode in space.objectives]
     try:
@@ -109,9 +110,24 @@ def open_study(space: Space, name: str, storage: optuna.storages.BaseStorage,
             deepcopy=False))
     except KeyError:  # a new study
         recorded = 0
-    sampler = optuna.samplers.TPESampler(seed=seed + recorded, constant_liar=True)
     return optuna.create_study(study_name=name, storage=storage, directions=directions,
-                               sampler=sampler, load_if_exists=True)
+                               sampler=make_sampler(space.sampler, seed + recorded,
+                                                    space.startup_trials),
+                               load_if_exists=True)
+
+
+def make_sampler(kind: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
+    """An Optuna sampler by its name in hpo.space.SAMPLERS. TPE gets a constant liar: a trial
+    still running counts as a bad one, so trials running side by side spread out."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
+    with warnings.catch_warnings():  # `group` is experimental in Optuna 5.0: we know
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, constant_liar=True, n_startup_trials=startup_trials,
+            multivariate=kind == "tpe-multivariate", group=kind == "tpe-multivariate")
 
 
 class StudySearcher(Searcher):
@@ -132,9 +148,11 @@ class StudySearcher(Searcher):
         self._steps: dict[str, set[int]] = {}  # epochs told to Optuna, per Tune trial id
         self._values: dict[str, dict[int, float]] = {}  # the primary metric per epoch
         self.rejected = self.duplicates = 0  # in this run
-        self._in_a_row = 0
+        self._in_a_row = self._repeats = 0
+        self.exhausted = False  # every draw repeats a config that ran: nothing new to try
         self._rejected_keys: Counter = Counter()
-        self.interrupted = False  # set by the driver: running trials stay RUNNING to resume
+        self.interrupted = False  # set by stop(): running trials stay RUNNING, to resume
+        self.stopped_by = ""  # what stopped the run early: Ctrl-C, SIGTERM, a budget
         self.error: str | None = None  # why the searcher gave up, one line
 
     # -- Tune's side
@@ -146,13 +164,18 @@ class StudySearcher(Searcher):
             trial = optuna.trial.Trial(self.study, self._storage_id(r.number))
             self._trials[trial_id], self._steps[trial_id] = trial, set(r.steps)
             return {**r.config, "trial": r.number}
-        if self._budget <= 0:
+        if self._budget <= 0 or self.exhausted:
             return Searcher.FINISHED
         while True:
             trial = self.study.ask()
             config = self.space.sample(trial)
             if self._is_duplicate(trial, config):
+                self._repeats += 1
+                if self._repeats >= MAX_DUPLICATES_IN_A_ROW:
+                    self.exhausted = True
+                    return Searcher.FINISHED
                 continue
+            self._repeats = 0
             try:
                 if self.check:
                     self.check(config)
@@ -205,6 +228,12 @@ class StudySearcher(Searcher):
             self.study.tell(trial, [best, *others] if others else best)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
+
+    def stop(self, why: str) -> None:
+        """End this run early (`why`: Ctrl-C, SIGTERM, a budget): no new trial starts, and
+        the trials running now stay unfinished in the record, for the next run to continue."""
+        if not self.interrupted:
+            self.interrupted, self.stopped_by = True, why
 
     def note_checkpoint(self, trial_id: str, uri: str) -> None:
         """Record where the trial's latest checkpoint is, for a later run to continue it."""

@@ -11,14 +11,14 @@ import ray
 import torch
 from ray import tune
 
-from hpo import train
+from hpo import checkpoint, train
 from hpo.data import Dataset, decode_count
 from hpo.files import replace_file
 from hpo.packing import CONTEXT_BYTES
 
 
 def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tuple[int, ...] = (),
-                checkpoint_every: float = 60.0, resume: dict[int, str] | None = None) -> None:
+                checkpoint_every: float = 120.0, resume: dict[int, str] | None = None) -> None:
     """Ray's side of a trial: run_trial with a report that forwards to Tune.
 
     A checkpoint (the weights, the best epoch's weights, and what training needs to go on) is
@@ -65,15 +65,7 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as folder:
-            torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
-            # the best epoch's weights are model.pt's when it is this epoch; train.pt says
-            # which file holds them (a file left from an earlier run may lie beside it)
-            best_file = "model.pt"
-            if best["epoch"] != epoch and best["weights"] is not None:
-                best_file = "best.pt"
-                torch.save(best["weights"], os.path.join(folder, best_file))
-            torch.save({**state(), "best": best["value"], "best_epoch": best["epoch"],
-                        "best_file": best_file}, os.path.join(folder, "train.pt"))
+            checkpoint.save(folder, model.state_dict(), state(), best)
             # Tune copies the folder to the trial's storage before report returns
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         last_saved[0] = time.monotonic()
@@ -81,30 +73,17 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
     train.run_trial(config, data, report, resume=state)
 
 
-def _load(checkpoint: tune.Checkpoint | None) -> dict | None:
-    """The training state in a checkpoint: its train.pt with the weights under "model" and the
-    best epoch's under "best_weights"; None without a checkpoint."""
-    if checkpoint is None:
+def _load(found: tune.Checkpoint | None) -> dict | None:
+    """The training state in a Tune checkpoint (hpo.checkpoint.load), None without one."""
+    if found is None:
         return None
-    with checkpoint.as_directory() as folder:
-        if not os.path.isfile(os.path.join(folder, "train.pt")):
-            return None
-        state = torch.load(os.path.join(folder, "train.pt"), map_location="cpu",
-                           weights_only=True)
-        state["model"] = torch.load(os.path.join(folder, "model.pt"), map_location="cpu",
-                                    weights_only=True)
-        best = state.pop("best_file", "model.pt")
-        state["best_weights"] = (state["model"] if best == "model.pt" else torch.load(
-            os.path.join(folder, best), map_location="cpu", weights_only=True))
-    return state
+    with found.as_directory() as folder:
+        return checkpoint.load(folder)
 
 
-def best_weights(checkpoint: tune.Checkpoint, destination: str | os.PathLike) -> None:
+def best_weights(found: tune.Checkpoint, destination: str | os.PathLike) -> None:
     """Copy the best epoch's weights in a trial's checkpoint to `destination` (whole)."""
-    with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "train.pt"), map_location="cpu",
-                           weights_only=True)
-        source = os.path.join(folder, state.get("best_file", "model.pt"))
-        with open(source, "rb") as src, replace_file(destination) as dst:
+    with found.as_directory() as folder:
+        with open(checkpoint.best_file(folder), "rb") as src, replace_file(destination) as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
