@@ -58,7 +58,7 @@ def measure(config: dict, data, device: torch.device, repeats: int) -> dict:
     ckpt_s = sorted(times)[len(times) // 2]  # the median
     return {"status": "completed", "params": final["params"], "epoch_s": round(epoch_s, 3),
             "train_s": round(final["train_seconds"], 3), "checkpoint_s": round(ckpt_s, 4),
-            "checkpoint_mb": round(size / 2**20, 1),
+            "checkpoint_bytes": size, "checkpoint_mb": round(size / 2**20, 1),
             "share_every_epoch": round(ckpt_s / (epoch_s + ckpt_s), 4)}
 
 
@@ -70,8 +70,12 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=120.0,
                         help="seconds between checkpoints, for the share at that interval")
     parser.add_argument("--repeats", type=int, default=5, help="checkpoints timed per net")
+    parser.add_argument("--small", action="store_true",
+                        help="the CPU smoke form: 2%% of the data, 2 checkpoints per net")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    if args.small:
+        args.fraction, args.repeats = min(args.fraction, 0.02), 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     load = os.getloadavg()[0]
     space = load_space(args.space)

@@ -6,9 +6,14 @@ ranges to what suits images of that size. Nothing in hpo/ needs to change.
     hpo search spaces/imagefolder.py --data path/to/folder
 """
 
+import math
+
 from hpo.space import choice, dense, intrange, loguniform, stage, uniform
 
 image_size = 64  # every image is resized to 64x64 when decoded (once, then cached)
+# every stage halves the image; the last must still have a pixel to pool: 28 px takes 4
+# stages (28, 14, 7, 3, 1), 64 px and more up to 5
+max_stages = min(5, int(math.log2(image_size)))
 channels = None  # 1 = grayscale, 3 = RGB, None = grayscale if the images are
 metric, mode = "val_acc", "max"
 trials = 32
@@ -18,7 +23,7 @@ reduction_factor = 3
 val_fraction = 0.15  # small datasets want a larger validation split for a stable choice
 
 dimensions = {
-    "stages": intrange(3, 5),  # 64 px images take one more downsampling stage than 32 px
+    "stages": intrange(min(3, max_stages), max_stages),
     **{f"convs_{s}": intrange(1, 2, when=stage(s)) for s in range(1, 6)},
     "width": choice([16, 32, 64]),
     "growth": choice([1.5, 2.0]),

@@ -1,4 +1,4 @@
-"""bench/throughput.py and bench/packing.py run end to end in their --small CPU form.
+"""bench/throughput.py, bench/packing.py and bench/checkpoint.py run end to end in their --small CPU form.
 
 Only that they run and print their figures: no timing is asserted, since speed on a shared CI
 machine says nothing about the code. A generated dataset keeps each run to a few seconds.
@@ -56,3 +56,14 @@ def test_packing_small_runs_k_1_and_2(data, tmp_path):
     for r in figures["runs"]:
         assert r["aggregate_img_per_s"] > 0 and r["images"] == r["k"] * 32
         assert r["ratio_to_k1"] > 0 and r["peak_mib"] == [None] * r["k"]
+
+
+def test_checkpoint_small_times_each_starting_points_checkpoint(data, tmp_path):
+    out = tmp_path / "checkpoint.json"
+    run("checkpoint.py", "--space", str(REPO / "tests/spaces/tiny.py"), "--data", str(data),
+        "--fraction", "1", "--json", str(out), tmp_path=tmp_path)
+    figures = json.loads(out.read_text())["nets"]
+    assert list(figures) == ["too-slow"]
+    net = figures["too-slow"]
+    assert net["checkpoint_s"] > 0 and net["epoch_s"] > 0 and net["checkpoint_bytes"] > 0
+    assert 0 < net["share_every_epoch"] < 1
