@@ -67,7 +67,8 @@ class RayCluster:
     """Raylets on this machine, one `ray start --block` each; a context manager that always
     tears down the sessions it started, and only those."""
 
-    def __init__(self, root: Path | None = None, health_checks: dict[str, str] | None = None):
+    def __init__(self, root: Path | None = None, health_checks: dict[str, str] | None = None,
+                 python: str | Path = sys.executable):
         # short: Ray's Unix sockets live under the temp dir and a socket path has 107 chars
         self.root = Path(root or tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
         self._own_root = root is None
@@ -86,6 +87,7 @@ class RayCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: dict[str, Node] = {}
         self.head: str | None = None
+        self.python = str(python)  # whose Ray runs the nodes: another venv's, for another Ray
 
     # -- starting -------------------------------------------------------------------------
 
@@ -95,7 +97,7 @@ class RayCluster:
         if head and self.head:
             raise ValueError(f"the cluster has a head already: {self.head}")
         log = self.root / f"{name}.log"
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+        cmd = [self.python, "-m", "ray.scripts.scripts", "start", "--block",
                f"--num-cpus={cpus}", "--num-gpus=0",
                f"--resources={json.dumps({name: 1})}",
                f"--object-store-memory={OBJECT_STORE_BYTES}",

@@ -10,6 +10,7 @@ view current. The dataset is decoded once here and shipped to trials through Ray
     trainable   Ray's side of one trial: run_trial reporting to Tune, checkpoints
     observer    the driver's callback: leaderboard, progress view, timings, memory seen
     placement   what each trial asks Ray for: CPUs and a share of a GPU
+    cluster     joining a running cluster: its Ray and Python must be this process's
 """
 
 from hpo.search.driver import run_search

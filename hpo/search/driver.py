@@ -22,6 +22,7 @@ from rich.console import Console
 
 from hpo.leaderboard import Leaderboard, write_json
 from hpo.progress import Progress, output_to
+from hpo.search.cluster import join_cluster
 from hpo.search.observer import StudyCallback
 from hpo.search.options import SearchOptions, prepare
 from hpo.search.placement import probe, trial_resources
@@ -105,7 +106,7 @@ def _run_tuner(space, options, data, study, board, meta,
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     t_ray = time.time()
     if options.address:
-        ray.init(address=options.address, log_to_driver=False)
+        join_cluster(options.address)
     else:
         ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
     t_ray = time.time() - t_ray
