@@ -32,6 +32,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,7 +216,12 @@ class RayCluster:
 def session_pids(sid: int) -> list[int]:
     """Live processes in session `sid`. Ray's workers move to process groups of their own, but
     they stay in the session of the `ray start` that started their raylet."""
-    pids = []
+    return [pid for pid, fields in live_processes() if int(fields[3]) == sid]
+
+
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """Each live process: its pid and the fields of /proc/PID/stat after its name (state ppid
+    pgrp session ...). A zombie is dead already and left out."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -223,10 +229,9 @@ def session_pids(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
-        if int(fields[3]) == sid and fields[0] != "Z":  # a zombie is dead already
-            pids.append(int(entry))
-    return pids
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            yield int(entry), fields
 
 
 def kill_session(sid: int, group: bool = True) -> None:
