@@ -1,8 +1,9 @@
 """slurm/hpo.sbatch on a real one-node Slurm (tests/slurmcluster.py): a search run as a batch
 job, a job its time limit ends mid-search, and the same job submitted again.
 
-Ray on one machine authenticates with a token: every job gets RAY_AUTH_MODE=token and a token
-file of the test's own through sbatch's inherited environment, as tests/raycluster.py does.
+Ray authenticates with a token. The first job is submitted as a user who has none: the script
+makes ~/.ray/auth_token (HOME is a folder of the test's). The others get RAY_AUTH_MODE=token
+and a token file through sbatch's inherited environment, as tests/raycluster.py does.
 """
 
 import os
@@ -79,8 +80,13 @@ def test_a_search_job_and_one_resubmitted_after_its_time_limit(slurm, job_env, t
                                                               tmp_path):
     board = tmp_path / "results/tiny/leaderboard.csv"
     # 1. a short search, run to its end: Ray up on the allocation, the search, Ray down
-    job = submit(slurm, tmp_path, job_env, tiny_parquet, trials=2, minutes=10)
+    home = tmp_path / "home"
+    home.mkdir()
+    no_token = {k: v for k, v in job_env.items() if not k.startswith("RAY_AUTH_")}
+    job = submit(slurm, tmp_path, {**no_token, "HOME": str(home)}, tiny_parquet, trials=2,
+                 minutes=10)
     assert run_to_end(slurm, job, tmp_path) == "COMPLETED", output(tmp_path, job)[-4000:]
+    assert (home / ".ray/auth_token").is_file()
     first = ended_rows(board)
     assert len(first) == 2, output(tmp_path, job)[-4000:]
     assert (tmp_path / "results/tiny/best.json").is_file()
