@@ -30,6 +30,7 @@ class StudyLock:
         self.path = self.folder / ".lock"
         self._fd: int | None = None
         self._created: list[Path] = []
+        self.created = False
 
     def holder(self) -> str | None:
         """Who holds the study now ("host H, PID P, since T"), or None when nobody does.
@@ -50,6 +51,7 @@ class StudyLock:
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         self._created = missing  # deepest first: the order rmdir needs
+        self.created = self.folder in missing  # this process made the study's folder
         try:
             self._take()
         except BaseException:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class RayCluster:
     """Raylets on this machine, one `ray start --block` each; a context manager that always
     tears down the sessions it started, and only those."""
 
-    def __init__(self, root: Path | None = None, health_checks: dict[str, str] | None = None):
+    def __init__(self, root: Path | None = None, health_checks: dict[str, str] | None = None,
+                 python: str | Path = sys.executable):
         # short: Ray's Unix sockets live under the temp dir and a socket path has 107 chars
         self.root = Path(root or tempfile.mkdtemp(prefix="rc-", dir="/tmp"))
         self._own_root = root is None
@@ -86,6 +88,7 @@ class RayCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: dict[str, Node] = {}
         self.head: str | None = None
+        self.python = str(python)  # whose Ray runs the nodes: another venv's, for another Ray
 
     # -- starting -------------------------------------------------------------------------
 
@@ -95,7 +98,7 @@ class RayCluster:
         if head and self.head:
             raise ValueError(f"the cluster has a head already: {self.head}")
         log = self.root / f"{name}.log"
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+        cmd = [self.python, "-m", "ray.scripts.scripts", "start", "--block",
                f"--num-cpus={cpus}", "--num-gpus=0",
                f"--resources={json.dumps({name: 1})}",
                f"--object-store-memory={OBJECT_STORE_BYTES}",
@@ -213,7 +216,12 @@ class RayCluster:
 def session_pids(sid: int) -> list[int]:
     """Live processes in session `sid`. Ray's workers move to process groups of their own, but
     they stay in the session of the `ray start` that started their raylet."""
-    pids = []
+    return [pid for pid, fields in live_processes() if int(fields[3]) == sid]
+
+
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """Each live process: its pid and the fields of /proc/PID/stat after its name (state ppid
+    pgrp session ...). A zombie is dead already and left out."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -221,10 +229,9 @@ def session_pids(sid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
-        if int(fields[3]) == sid and fields[0] != "Z":  # a zombie is dead already
-            pids.append(int(entry))
-    return pids
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            yield int(entry), fields
 
 
 def kill_session(sid: int, group: bool = True) -> None:

@@ -1,4 +1,5 @@
-"""Checks of cluster.yaml, the Ray cluster-launcher config for AWS.
+"""Clusters: cluster.yaml, the Ray cluster-launcher config for AWS, and joining a running
+cluster with `hpo search --address` (hpo/search/cluster.py).
 
 Validation uses the schema Ray ships (ray/autoscaler/ray-schema.json) through
 ``validate_config(prepare_config(cfg))``, the same pair ``ray up`` runs. Neither
@@ -6,15 +7,25 @@ call talks to AWS; the ``offline`` fixture makes any network use fail the test.
 """
 
 import copy
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
+import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = Path(__file__).parents[1] / "cluster.yaml"
+from raycluster import RayCluster
+
+ROOT = Path(__file__).parents[1]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+TINY = ROOT / "tests/spaces/tiny.py"
+# a Ray release other than this one, for a cluster this process must refuse to join
+OTHER_RAY = "2.59.0" if ray.__version__ != "2.59.0" else "2.58.1"
 
 
 @pytest.fixture
@@ -162,3 +173,55 @@ def test_paths_are_relative_and_junk_is_not_synced(cfg):
         assert remote.startswith("~/"), remote
     excluded = {p.strip("/") for p in cfg["rsync_exclude"]}
     assert {"results", ".venv", ".git", "__pycache__"} <= excluded
+
+
+def test_every_node_boots_the_current_deep_learning_ami_of_the_region(cfg, offline):
+    # EC2 resolves the public SSM parameter at each launch: no AMI id to look up or go stale
+    images = {n["node_config"]["ImageId"] for n in prepared(cfg)["available_node_types"].values()}
+    assert len(images) == 1, images
+    assert re.fullmatch(r"resolve:ssm:/aws/service/deeplearning/ami/x86_64/[a-z0-9.-]+/latest/"
+                        r"ami-id", images.pop())
+
+
+def test_the_region_is_named_once(cfg):
+    # provider.region alone: availability zones and everything else follow from it
+    regions = re.findall(r"\b[a-z]{2}-[a-z]+-\d[a-z]?\b", CLUSTER_YAML.read_text())
+    assert regions == [cfg["provider"]["region"]], regions
+    assert "availability_zone" not in cfg["provider"]
+
+
+def test_nodes_install_this_ray(cfg):
+    # a driver is refused by a cluster of any other Ray (see the test below)
+    pins = re.findall(r"ray\[[a-z,]+\]==([0-9.]+)", " ".join(cfg["setup_commands"]))
+    assert pins == [ray.__version__], pins
+
+
+@pytest.fixture(scope="module")
+def other_ray(tmp_path_factory) -> Path:
+    """The Python of a venv with Ray OTHER_RAY, the same interpreter as this one (Ray also
+    refuses another Python), installed from the package index."""
+    venv = tmp_path_factory.mktemp("other-ray")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin/python"
+    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", f"ray=={OTHER_RAY}"],
+                         capture_output=True, text=True, timeout=900)
+    if pip.returncode != 0:
+        pytest.skip(f"could not install ray=={OTHER_RAY}: {pip.stderr.strip()[-300:]}")
+    return python
+
+
+@pytest.mark.slow
+def test_refuses_a_cluster_of_another_ray_in_one_line(other_ray, tiny_parquet, tmp_path):
+    with RayCluster(python=other_ray) as cluster:
+        cluster.add_node("head", cpus=1, head=True)
+        found = subprocess.run(
+            [sys.executable, "-m", "hpo.cli", "search", str(TINY), "--data", str(tiny_parquet),
+             "--address", cluster.address, "--trials", "1"],
+            cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=300)
+    lines = found.stderr.strip().splitlines()
+    print(found.stderr)
+    assert found.returncode == 2, found.stderr[-3000:]
+    assert len(lines) == 1, found.stderr[-3000:]
+    assert f"the cluster runs Ray {OTHER_RAY}" in lines[0]
+    assert f"this machine Ray {ray.__version__}" in lines[0]
+    assert cluster.address in lines[0]

@@ -11,11 +11,13 @@ view current. The dataset is decoded once here and shipped to trials through Ray
     trainable   Ray's side of one trial: run_trial reporting to Tune, checkpoints
     observer    the driver's callback: leaderboard, best weights, progress, timings
     placement   what each trial asks Ray for, and whether a config fits at all
+    cluster     joining a running cluster: its Ray and Python must be this process's
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -57,6 +59,13 @@ def search(space: str | os.PathLike, options: SearchOptions, console=None) -> Pa
             raise StudyError(str(exc)) from None
         from hpo.search.driver import run_search  # torch and Ray, only now
 
-        return run_search(plan, data, console, data_s=time.time() - t0)
+        try:
+            return run_search(plan, data, console, data_s=time.time() - t0)
+        except StudyError:
+            # refused before it began (e.g. a cluster of another Ray): a new study's folder
+            # goes, so the same command with the mistake mended starts afresh
+            if lock.created and not (plan.folder / "study.json").exists():
+                shutil.rmtree(plan.folder, ignore_errors=True)
+            raise
     finally:
         lock.__exit__(None, None, None)

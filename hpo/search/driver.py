@@ -26,6 +26,7 @@ from rich.console import Console
 from hpo.data import Dataset
 from hpo.leaderboard import Leaderboard
 from hpo.progress import Progress, output_to
+from hpo.search.cluster import join_cluster
 from hpo.search.observer import StudyCallback
 from hpo.search.options import Plan, StudyError
 from hpo.search.placement import feasibility, probe, trial_resources
@@ -58,35 +59,40 @@ def run_search(plan: Plan, data: Dataset, console: Console | None = None,
     infeasible; StudyError when the study's files cannot be written.
     """
     space, options, study = plan.space, plan.options, plan.folder
-    storage = optuna.storages.RDBStorage(_storage_url(plan))
-    record_study = open_study(space, study.name, storage, options.seed)
-    if not record_study.get_trials(deepcopy=False):
-        for name in space.starting_points:  # evaluated first: every study has to beat them
-            space.enqueue(record_study, space.point(name))
-    record = Record.read(record_study)
-    budget = max(0, space.trials - len(record.finished) - len(record.resumed))
-    if not (record.resumed or budget):
-        (console or Console()).print(
-            f"{study}: this study is complete ({len(record.finished)} trials; --trials N "
-            "extends it, --fresh starts a new one)")
+    if plan.resumed and _complete(plan, console or Console()):
         return study
-    try:
-        meta = begin_study(plan, data)
-    except OSError as exc:
-        raise StudyError(f"{exc.filename or study}: cannot write ({exc.strerror})") from None
-    board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode,
-                             space.objectives[1:])
-    board.reconcile(_ended(record, space.metric), {str(r.number) for r in record.resumed})
-    board.write()
     with output_to(study / "ray.log") as terminal:
         console = console or terminal
-        if plan.resumed:
-            console.print(f"resuming {study}: {len(record.finished)} trials finished, "
-                          f"{len(record.resumed)} to continue, {budget} to start")
-        t0 = time.time()
-        searcher, callback = _run(plan, data, record_study, storage, record, board, budget,
-                                  console)
-        t1 = time.time()
+        t_ray = time.time()
+        _connect(options)
+        t_ray = time.time() - t_ray
+        try:
+            storage = optuna.storages.RDBStorage(_storage_url(plan))
+            record_study = open_study(space, study.name, storage, options.seed)
+            if not record_study.get_trials(deepcopy=False):
+                for name in space.starting_points:  # first: every study has to beat them
+                    space.enqueue(record_study, space.point(name))
+            record = Record.read(record_study)
+            budget = max(0, space.trials - len(record.finished) - len(record.resumed))
+            try:
+                meta = begin_study(plan, data)
+            except OSError as exc:
+                raise StudyError(f"{exc.filename or study}: cannot write ({exc.strerror})"
+                                 ) from None
+            board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode,
+                                     space.objectives[1:])
+            board.reconcile(_ended(record, space.metric),
+                            {str(r.number) for r in record.resumed})
+            board.write()
+            if plan.resumed:
+                console.print(f"resuming {study}: {len(record.finished)} trials finished, "
+                              f"{len(record.resumed)} to continue, {budget} to start")
+            t0 = time.time()
+            searcher, callback = _run(plan, data, record_study, storage, record, board,
+                                      budget, console, t_ray)
+            t1 = time.time()
+        finally:
+            ray.shutdown()
         busy = busy_fraction(callback.intervals, t0, t1)
         meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1),
                     busy_fraction=round(busy, 4),
@@ -112,6 +118,30 @@ def run_search(plan: Plan, data: Dataset, console: Console | None = None,
     return study
 
 
+def _complete(plan: Plan, console: Console) -> bool:
+    """Whether the record holds every trial the study asks for, with none to continue; then
+    say so. Nothing is written: a complete study run again stays as it is."""
+    storage = optuna.storages.RDBStorage(_storage_url(plan))
+    record = Record.read(open_study(plan.space, plan.folder.name, storage, plan.options.seed))
+    if record.resumed or len(record.finished) < plan.space.trials:
+        return False
+    console.print(f"{plan.folder}: this study is complete ({len(record.finished)} trials; "
+                  "--trials N extends it, --fresh starts a new one)")
+    return True
+
+
+def _connect(options) -> None:
+    """Join the cluster at --address, or start a Ray of our own on this machine."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides, see _interruptible
+    if options.address:
+        join_cluster(options.address)
+    else:
+        # "local": a new Ray of our own, even where `ray start` left one running
+        ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False,
+                 log_to_driver=False)
+
+
 def _storage_url(plan: Plan) -> str:
     return plan.options.storage or f"sqlite:///{plan.folder.resolve()}/study.db"
 
@@ -128,53 +158,40 @@ def _ended(record: Record, metric: str) -> dict[str, dict[str, Any]]:
     return ended
 
 
-def _run(plan, data, record_study, storage, record, board, budget, console):
+def _run(plan, data, record_study, storage, record, board, budget, console, t_ray):
     space, options, study = plan.space, plan.options, plan.folder
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides, see _interruptible
-    t_ray = time.time()
-    if options.address:
-        ray.init(address=options.address, log_to_driver=False)
-    else:
-        # "local": a new Ray of our own, even where `ray start` left one running
-        ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False,
-                 log_to_driver=False)
-    t_ray = time.time() - t_ray
-    try:
-        machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-        if len(machines) > 1 and not options.storage_path:
-            console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
-                          "machines other than this one cannot write to the study folder here. "
-                          "Pass --storage-path with a shared path or s3://bucket/prefix.")
-        cluster = ray.cluster_resources()
-        packer = (probe(space, data, options, console)
-                  if cluster.get("GPU") and options.gpus_per_trial is None else None)
-        resources, slots = trial_resources(options, cluster, console, packer, study.name)
-        concurrency = max(1, int(options.concurrency or space.concurrency or slots))
-        searcher = StudySearcher(space, record_study, storage, record, budget,
-                                 feasibility(data, packer, cluster, concurrency))
-        progress = Progress(console, study.name, space.trials, space.metric)
-        callback = StudyCallback(board, progress, searcher, packer=packer, ray_start_s=t_ray,
-                                 keep_checkpoints=options.keep_checkpoints)
-        history = {int(tid): {e: c.get(space.metric) for e, c in curve.items()}
-                   for tid, curve in board.curves.items() if tid.isdigit()}
-        scheduler = Rungs(space.metric, space.mode, space.grace_period,
-                          space.reduction_factor, space.max_epochs, history)
-        resume = {r.number: r.checkpoint for r in record.resumed if r.checkpoint}
-        trainable = tune.with_resources(tune.with_parameters(
-            train_trial, data=data.without_test(), metric=space.metric, mode=space.mode,
-            rungs=tuple(scheduler.rungs), checkpoint_every=options.checkpoint_every,
-            resume=resume), resources)
-        tuner = new_tuner(space, options, study, trainable, searcher, callback, scheduler,
-                          concurrency, len(record.resumed) + budget)
-        with progress, _interruptible(searcher):
-            tuner.fit()
-        if not (searcher.interrupted or searcher.error):
-            _close_stragglers(board)
-        board.write()
-        return searcher, callback
-    finally:
-        ray.shutdown()
+    machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    if len(machines) > 1 and not options.storage_path:
+        console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
+                      "machines other than this one cannot write to the study folder here. "
+                      "Pass --storage-path with a shared path or s3://bucket/prefix.")
+    cluster = ray.cluster_resources()
+    packer = (probe(space, data, options, console)
+              if cluster.get("GPU") and options.gpus_per_trial is None else None)
+    resources, slots = trial_resources(options, cluster, console, packer, study.name)
+    concurrency = max(1, int(options.concurrency or space.concurrency or slots))
+    searcher = StudySearcher(space, record_study, storage, record, budget,
+                             feasibility(data, packer, cluster, concurrency))
+    progress = Progress(console, study.name, space.trials, space.metric)
+    callback = StudyCallback(board, progress, searcher, packer=packer, ray_start_s=t_ray,
+                             keep_checkpoints=options.keep_checkpoints)
+    history = {int(tid): {e: c.get(space.metric) for e, c in curve.items()}
+               for tid, curve in board.curves.items() if tid.isdigit()}
+    scheduler = Rungs(space.metric, space.mode, space.grace_period,
+                      space.reduction_factor, space.max_epochs, history)
+    resume = {r.number: r.checkpoint for r in record.resumed if r.checkpoint}
+    trainable = tune.with_resources(tune.with_parameters(
+        train_trial, data=data.without_test(), metric=space.metric, mode=space.mode,
+        rungs=tuple(scheduler.rungs), checkpoint_every=options.checkpoint_every,
+        resume=resume), resources)
+    tuner = new_tuner(space, options, study, trainable, searcher, callback, scheduler,
+                      concurrency, len(record.resumed) + budget)
+    with progress, _interruptible(searcher):
+        tuner.fit()
+    if not (searcher.interrupted or searcher.error):
+        _close_stragglers(board)
+    board.write()
+    return searcher, callback
 
 
 def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
