@@ -119,7 +119,9 @@ def _run_tuner(space, options, data, study, board, meta,
         packer = (probe(space, data, options, console)
                   if cluster.get("GPU") and options.gpus_per_trial is None else None)
         resources, slots = trial_resources(options, cluster, console, packer, study.name)
-        progress = Progress(console, study.name, space.trials, space.metric)
+        progress = Progress(console, study.name, space.trials, space.metric, space.mode,
+                            max_epochs=space.max_epochs, rungs=space.rungs(),
+                            reduction_factor=space.reduction_factor)
         callback = StudyCallback(board, progress, packer=packer, ray_start_s=t_ray)
         interrupted = False
         with progress:

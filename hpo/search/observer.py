@@ -54,25 +54,33 @@ class StudyCallback(tune.Callback):
         if self.progress:
             counts = Counter(r["status"] for r in self.board.rows.values())
             best = self.board.best()
-            self.progress.update(counts, best and (best[self.board.metric], best["trial_id"],
-                                                   best["config"].get("point", "")))
+            self.progress.study_update(counts, best and (
+                best[self.board.metric], best["trial_id"], best["config"].get("point", "")))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.replayed:
             return
         self.board.start(trial.trial_id, trial.config)
         self._began[trial.trial_id] = time.time()
+        if self.progress:
+            self.progress.trial_started(trial.trial_id, trial.config.get("point", ""),
+                                        trial.config.get("epochs"))
         self._refresh(force=True)
 
     def _ended(self, trial_id: str) -> None:
         began = self._began.pop(trial_id, None)
         if began is not None:
             self.lives_s += time.time() - began
+        if self.progress:
+            row = self.board.rows[trial_id]
+            self.progress.trial_ended(trial_id, row["status"], row.get("reason") or "")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id in self.replayed:
             return
         self.board.result(trial.trial_id, result)
+        if self.progress:
+            self.progress.trial_result(trial.trial_id, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
             self.train_s += result["train_seconds"]
