@@ -4,20 +4,25 @@ one line on bad input."""
 from __future__ import annotations
 
 import argparse
+import csv
+import difflib
 import json
-import numbers
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
+from hpo import fmt
 from hpo.space import SpaceError, load_space
 
-# piped output is not cropped to 80 columns: the table goes to a file or another program whole
-console = Console(width=None if sys.stdout.isatty() else 240)
+# the terminal's width (or COLUMNS); piped output is not cropped to 80 columns: the table goes
+# to a file or another program whole
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,27 +87,120 @@ def cmd_train(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    """Print the top rows of a study's leaderboard."""
+    """Print a study's leaderboard to fit the terminal: the key columns, then the
+    hyperparameters that vary, as many as fit (--all, --columns to choose); --csv for pipes."""
     from hpo.leaderboard import read_leaderboard
 
-    # nullable integers, so an epoch shows as 4, not 4.0, beside trials that have none
-    board = read_leaderboard(args.study).head(args.top).convert_dtypes()
-    fixed = ["rank", "trial_id", "point", "status", board.columns[4], "best_epoch",
-             "epochs_trained", "params", "wall_s"]
-    first_hp = list(board.columns).index("node") + 1
-    # show the hyperparameters that differ between the rows shown, not the 50 constant ones
-    varying = [c for c in board.columns[first_hp:] if board[c].nunique(dropna=False) > 1]
-    columns = fixed + (varying if args.all else varying[: args.columns])
-    table = Table(title=str(args.study), header_style="bold")
-    for c in columns:
-        numeric = pd.api.types.is_numeric_dtype(board[c]) and not pd.api.types.is_bool_dtype(
-            board[c])
-        table.add_column(c, justify="right" if numeric else "left",
-                         min_width=min(len(c), 10))
-    for _, row in board[columns].iterrows():
-        table.add_row(*("" if pd.isna(v) else _fmt(v) for v in row))
-    console.print(table)
+    board = read_leaderboard(args.study)
+    chosen = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
+    if unknown := [c for c in chosen if c not in board.columns]:
+        near = difflib.get_close_matches(unknown[0], board.columns, n=3)
+        raise ValueError(f"--columns: {args.study} has no column {unknown[0]!r}" + (
+            f" (did you mean {' or '.join(near)}?)" if near else
+            " (see the header of its leaderboard.csv)"))
+    if args.csv:
+        _print_csv(Path(args.study), args.top, chosen)
+        return 0
+    shown = board.head(args.top or TOP)
+    key = [c for c in _key_columns(board.columns)
+           if c != "point" or shown[c].notna().any()]  # no starting point: no column for it
+    first = list(board.columns).index("node") + 1
+    # the hyperparameters that differ between the rows shown, not the 50 constant ones
+    varying = [c for c in board.columns[first:] if shown[c].nunique(dropna=False) > 1]
+    rest = [c for c in chosen if c not in key] if chosen else varying
+    pages, left_out = _pages(shown, key, rest, console, every=args.all or bool(chosen))
+    console.print(f"[bold]{args.study}[/]: {len(board)} trials" + (
+        f", the top {len(shown)} shown (--top N for more)" if len(shown) < len(board) else ""),
+        highlight=False)
+    for page in pages:
+        console.print(_table(shown, page))
+    if left_out:
+        console.print(f"{len(left_out)} more hyperparameters vary: {', '.join(left_out)} "
+                      "(--all shows them all, --columns a,b picks)", highlight=False)
+    failed = shown[shown["status"].isin(FAILURES) & shown["reason"].notna()]
+    for _, row in failed.iterrows() if "reason" not in chosen else ():
+        console.print(f"trial {row['trial_id']} {row['status']}: {row['reason']}",
+                      markup=False, highlight=False)
+    # they have no value, so they rank last: say they exist even when the top leaves them out
+    if hidden := int(board["status"].isin(FAILURES).sum()) - len(failed):
+        console.print(f"{hidden} trials below these failed, were infeasible, diverged or ran "
+                      f"out of memory (--top {len(board)} shows them with their reasons)",
+                      highlight=False)
     return 0
+
+
+TOP = 10
+FAILURES = ("failed", "infeasible", "diverged", "oom")
+HEADERS = {"rank": "#", "trial_id": "trial", "best_epoch": "best ep",
+           "epochs_trained": "epochs", "wall_s": "wall s", "img_per_s": "img/s"}
+
+
+def _key_columns(columns) -> list[str]:
+    """The columns every view of a leaderboard starts with (columns[4] is the metric)."""
+    return [c for c in ("rank", "trial_id", "point", "status", columns[4], "pareto",
+                        "best_epoch", "params", "wall_s") if c in columns]
+
+
+def _pages(shown: pd.DataFrame, key: list[str], rest: list[str], console: Console,
+           every: bool) -> tuple[list[list[str]], list[str]]:
+    """The columns of each table to print, each table as wide as the console at most: the key
+    columns and the first of `rest` that fit, then (`every`) further tables of rank, trial and
+    the rest; and the columns of `rest` left out."""
+    pages, page, rest = [], list(key), list(rest)
+    while True:
+        for c in list(rest):
+            size = _measure(shown, page + [c], console)
+            if (size.minimum if _wraps(shown[c]) else size.maximum) <= console.width:
+                page.append(c)
+                rest.remove(c)
+        if len(page) == 2 and rest:  # one too wide for any table: alone, folded
+            page.append(rest.pop(0))
+        pages.append(page)
+        if not every or not rest:
+            return pages, rest
+        page = ["rank", "trial_id"]
+
+
+def _table(shown: pd.DataFrame, columns: list[str]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                  header_style="bold")
+    cells = []
+    for c in columns:
+        values = shown[c].tolist()
+        cells.append(fmt.column(c, values))
+        numeric = fmt.kind_of(c, values) in ("int", "float")
+        # values are never cut short: a sentence wraps onto more lines, a value never does
+        table.add_column(HEADERS.get(c, c), justify="right" if numeric else "left",
+                         no_wrap=not _wraps(shown[c]), overflow="fold")
+    for row in zip(*cells):
+        table.add_row(*row)
+    return table
+
+
+def _wraps(values: pd.Series) -> bool:
+    """Whether a column holds sentences (a reason), which may wrap onto more lines."""
+    return values.map(lambda v: isinstance(v, str) and " " in v).any()
+
+
+def _measure(shown: pd.DataFrame, columns: list[str], console: Console) -> Measurement:
+    unbounded = console.options.update_width(1_000_000)  # its natural width, not the console's
+    return Measurement.get(console, unbounded, _table(shown, columns))
+
+
+def _print_csv(study: Path, top: int | None, chosen: list[str]) -> None:
+    """The leaderboard's rows as the file has them (no formatting), all of them or the
+    `top`, every column or the key ones and `chosen`."""
+    path = study / "leaderboard.csv" if study.is_dir() else study
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1: 1 + top if top else None]
+    keep = list(range(len(header)))
+    if chosen:
+        key = _key_columns(header)
+        keep = [header.index(c) for c in key + [c for c in chosen if c not in key]]
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    for row in [header, *body]:
+        out.writerow([row[i] for i in keep])
 
 
 def cmd_report(args) -> int:
@@ -159,16 +257,6 @@ def cmd_show(args) -> int:
     return 0
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, numbers.Integral):
-        return f"{v:,}"
-    if isinstance(v, numbers.Real):
-        return f"{v:.4f}" if abs(v) < 1 else f"{v:,.1f}"
-    return str(v)
-
-
 def _fail(exc: Exception) -> int:
     print(f"hpo: error: {exc}", file=sys.stderr)
     return 2
@@ -223,11 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <study>/final)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__)
+    p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__,
+                       description=cmd_leaderboard.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
-    p.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
-    p.add_argument("--columns", type=int, default=4, help="hyperparameter columns to show")
-    p.add_argument("--all", action="store_true", help="show every varying hyperparameter")
+    p.add_argument("--top", type=int, help=f"rows to show (default {TOP}; --csv: all)")
+    p.add_argument("--columns", help="these columns after the key ones, e.g. lr,optimizer,reason "
+                   "(any column of leaderboard.csv); more tables if they do not fit")
+    p.add_argument("--all", action="store_true",
+                   help="every hyperparameter that varies, in as many tables as the width needs")
+    p.add_argument("--csv", action="store_true",
+                   help="print the rows as CSV, unformatted, for a pipe or a file")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
