@@ -89,7 +89,7 @@ def cmd_train(args) -> int:
 def cmd_leaderboard(args) -> int:
     """Print a study's leaderboard to fit the terminal: the key columns, then the
     hyperparameters that vary, as many as fit (--all, --columns to choose); --csv for pipes."""
-    from hpo.leaderboard import read_leaderboard
+    from hpo.leaderboard import FAILURES, read_leaderboard
 
     board = read_leaderboard(args.study)
     chosen = [c.strip() for c in (args.columns or "").split(",") if c.strip()]
@@ -130,7 +130,6 @@ def cmd_leaderboard(args) -> int:
 
 
 TOP = 10
-FAILURES = ("failed", "infeasible", "diverged", "oom")
 HEADERS = {"rank": "#", "trial_id": "trial", "best_epoch": "best ep",
            "epochs_trained": "epochs", "wall_s": "wall s", "img_per_s": "img/s"}
 

@@ -81,18 +81,23 @@ def formatter(values: Sequence[Any], kind: str = "float", digits: int = 3,
 
 
 def column(name: str, values: Sequence[Any]) -> list[str]:
-    """`values` of the column `name` as strings, one precision for all (see `formatter`):
-    metrics (val_*, train_*, test_*) to METRIC_DECIMALS, settings that are floats to three
-    significant digits and at least one decimal, measurements (wall_s, img_per_s) to three
-    significant digits, none below the point beyond 99."""
+    """`values` of the column `name` as strings, one precision for all: see
+    `column_formatter`."""
     values = list(values)
+    write = column_formatter(name, values)
+    return [write(v) for v in values]
+
+
+def column_formatter(name: str, values: Sequence[Any]) -> Callable[[Any], str]:
+    """The `formatter` of the column `name` holding `values`: metrics (val_*, train_*,
+    test_*) to METRIC_DECIMALS, settings that are floats to three significant digits and at
+    least one decimal, measurements (wall_s, img_per_s) to three significant digits, none
+    below the point beyond 99."""
     kind = kind_of(name, values)
     if name.startswith(METRIC_PREFIXES):
-        write = formatter(values, kind, decimals=METRIC_DECIMALS)
-    else:
-        setting = SCHEMA.get(schema_key(name)) is not None
-        write = formatter(values, kind, min_decimals=int(setting), scientific=setting)
-    return [write(v) for v in values]
+        return formatter(values, kind, decimals=METRIC_DECIMALS)
+    setting = SCHEMA.get(schema_key(name)) is not None
+    return formatter(values, kind, min_decimals=int(setting), scientific=setting)
 
 
 def metric(v: Any) -> str:

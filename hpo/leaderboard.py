@@ -21,6 +21,7 @@ import pandas as pd
 from hpo.config import LABELS, SCHEMA, schema_key
 
 STATUSES = ("running", "completed", "stopped", "failed", "infeasible", "diverged", "oom")
+FAILURES = STATUSES[3:]  # ended by neither its epochs nor ASHA: the row's reason says why
 # per epoch: where it ran (node) and on what: the data's fingerprint, and how many images the
 # trial's process decoded itself (0: it used the driver's copy from the object store)
 EPOCH_COLUMNS = ("trial_id", "epoch", "val_acc", "val_loss", "train_loss", "img_per_s",
