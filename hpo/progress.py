@@ -179,10 +179,12 @@ class Progress:
         estimated; None before any epoch is measured.
 
         Each running trial is expected to train to its next rung and past each later one
-        with chance 1/reduction_factor (`expected_epochs`); the trials not started yet, the
-        same from epoch 0 plus the measured start-up time. Trials run as many at once as
-        `concurrency` (else the most seen running at once) allows (`makespan`). Trials that
-        end early (infeasible, diverged) and ASHA's early promotions are not foreseen.
+        with chance 1/reduction_factor (`expected_epochs`), at its own measured epoch time,
+        or the time its epoch under way has taken so far when that is longer; the trials not
+        started yet, the same from epoch 0 at the mean epoch time, plus the mean start-up.
+        Trials run as many at once as `concurrency` (else the most seen running at once)
+        allows (`makespan`). Trials that end early (infeasible, diverged) and ASHA's early
+        promotions are not foreseen.
         """
         now = self.clock()
         with self._lock:
@@ -196,9 +198,13 @@ class Progress:
             running = []
             for t in self.running.values():
                 own = sum(t.epoch_s) / len(t.epoch_s) if t.epoch_s else epoch_s
-                left = self._expected(t.epoch, t.epochs) * own
+                startup = 0.0 if t.epoch else startup_s
                 since = now - (t.last if t.epoch else t.started)
-                running.append(max(0.0, left + (0 if t.epoch else startup_s) - since))
+                # the epoch under way takes at least as long as it has so far: a trial slower
+                # than measured pushes the estimate up as it runs on
+                own = max(own, since - startup)
+                running.append(max(0.0, startup + self._expected(t.epoch, t.epochs) * own
+                                   - since))
             waiting = max(0, self.trials - self._finished_count() - len(self.running))
             new_trial = startup_s + self._expected(0, self.max_epochs) * epoch_s
             slots = max(1, self.concurrency or self.most_running, len(running))

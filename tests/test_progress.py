@@ -101,8 +101,10 @@ def test_time_left_from_measured_epochs_and_asha_rungs():
     # Each of the 5 trials not started: 1 s + 2 expected epochs (1 + 1/2 + 2/4) × 2 s = 5 s.
     # Two slots, free after 3 s and 0 s: 0→5→10→15 and 3→8→13: the last ends after 15 s.
     assert progress.time_left() == (15.0, 2.0)
-    clock.now += 10
-    assert progress.time_left()[0] == 15.0  # a running trial's share is never negative
+    # 9 s later trial 1 is 10 s into its third epoch: that epoch takes 10 s at least, and
+    # its fourth as long, so 10 s are left; the other slot runs 0→5→10→15→20
+    clock.now += 9
+    assert progress.time_left()[0] == 20.0
     assert Progress(Console(file=StringIO()), "s", 4, "val_acc").time_left() is None
 
 
