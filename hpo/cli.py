@@ -105,8 +105,10 @@ def cmd_leaderboard(args) -> int:
     key = [c for c in _key_columns(board.columns)
            if c != "point" or shown[c].notna().any()]  # no starting point: no column for it
     first = list(board.columns).index("node") + 1
-    # the hyperparameters that differ between the rows shown, not the 50 constant ones
-    varying = [c for c in board.columns[first:] if shown[c].nunique(dropna=False) > 1]
+    # the hyperparameters that differ between the rows shown, not the 50 constant ones; those
+    # most rows have first (a starting point's explicit widths, blank elsewhere, last)
+    varying = sorted((c for c in board.columns[first:] if shown[c].nunique(dropna=False) > 1),
+                     key=lambda c: shown[c].isna().sum())
     rest = [c for c in chosen if c not in key] if chosen else varying
     pages, left_out = _pages(shown, key, rest, console, every=args.all or bool(chosen))
     console.print(f"[bold]{args.study}[/]: {len(board)} trials" + (
