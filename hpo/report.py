@@ -32,7 +32,7 @@ h2{border-bottom:1px solid #ddd;margin-top:1.8em}table{border-collapse:collapse;
 td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
 th{background:#f4f4f4}img{width:100%;height:auto}.missing{color:#777;font-style:italic}
 td.text,th.text{text-align:left}.next{background:#f4f8fc;padding:.5em .8em;border-radius:4px}
-code{white-space:nowrap}
+code{white-space:nowrap}td.wrap{white-space:normal;text-align:left;min-width:24em}
 .wide{overflow-x:auto}dt{font-weight:600;float:left;width:9em;clear:left}dd{margin-left:9em}"""
 # --dump-dom shows the DOM, not whether images decoded nor how wide they are drawn: the page
 # records that itself on load (the narrowest plot, in % of the page's text width)
@@ -133,10 +133,10 @@ def _img(fig: Figure, alt: str) -> str:
 
 def _table(df: pd.DataFrame) -> str:
     """An HTML table, each column's numbers at one precision (as `hpo leaderboard` has them),
-    text left-aligned."""
+    text left-aligned, a reason wrapped."""
     cells = {c: fmt.column(str(c), df[c].tolist()) for c in df.columns}
-    align = {c: "" if fmt.kind_of(str(c), df[c].tolist()) in ("int", "float") else ' class="text"'
-             for c in df.columns}
+    align = {c: ' class="wrap"' if c == "reason" else "" if fmt.kind_of(
+        str(c), df[c].tolist()) in ("int", "float") else ' class="text"' for c in df.columns}
     head = "".join(f"<th{align[c]}>{escape(str(c))}</th>" for c in df.columns)
     body = "".join("<tr>" + "".join(f"<td{align[c]}>{escape(cells[c][i])}</td>"
                                     for c in df.columns) + "</tr>" for i in range(len(df)))
@@ -187,10 +187,13 @@ def _next(ctx) -> str:
     best, study = _best(ctx), ctx["study"]
     if best is None:
         raise _Missing("nothing to do yet: no trial has a value")
-    if (study / "final" / "results.json").is_file():
+    final = study / "final" / "results.json"
+    res = json.loads(final.read_text()) if final.is_file() else {}
+    if "test_acc" in res:  # the best was retrained (not only starting points)
+        weights = f"final/best-seed{(res.get('seeds') or [0])[0]}.pt"
         return (f'<p class="next">The final retrain of the best is below. '
                 f"<code>hpo export {escape(str(study))} --rank 1 -o best.json</code> writes "
-                f"its config; <code>final/best-seed0.pt</code> holds its weights.</p>")
+                f"its config; <code>{weights}</code> holds its weights.</p>")
     return (f'<p class="next">Run <code>hpo train {escape(str(study))} --seeds 3</code> to '
             f"retrain the best, {escape(_named(best))}, on train + validation and test it once "
             f"per seed (add <code>--point NAME</code> for a starting point beside it).</p>")

@@ -173,7 +173,7 @@ def test_a_starting_point_that_wins_is_named_so(tmp_path):
         "mean": 0.8, "std": 0.0})
     html = write_report(study).read_text()
     assert "starting point basenet (the search&#x27;s best)" in html
-    assert "The final retrain of the best is below" in html
+    assert "The final retrain of the best is below" in html and "best-seed0.pt" in html
     write_json(study / "final" / "results.json", {
         "config": {**configs["a2"], "seed": 2}, "seeds": [2], "test_acc": [0.7],
         "mean": 0.7, "std": 0.0})
