@@ -222,9 +222,8 @@ def _rungs(ctx) -> tuple[list[float], str]:
     # ASHA's milestones as hpo.search sets them up; the one at max_epochs itself is left out,
     # as every trial ends there anyway
     if space:
-        top, grace, rf = space.max_epochs, space.grace_period, space.reduction_factor
-        return ([grace * rf**k for k in range(64) if grace * rf**k < top],
-                f"ASHA rungs (grace {grace}, factor {rf:g})")
+        return (space.rungs(),
+                f"ASHA rungs (grace {space.grace_period}, factor {space.reduction_factor:g})")
     stopped = board.loc[board["status"] == "stopped", "epochs_trained"].dropna()
     return sorted(set(stopped)), "where stopped trials ended"
 
