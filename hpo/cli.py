@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from pathlib import Path
 def _console():
     from rich.console import Console
 
-    # piped output is not cropped to 80 columns: the table goes to a file or a program whole
-    return Console(width=None if sys.stdout.isatty() else 240)
+    # the terminal's width (or COLUMNS); piped output is not cropped to 80 columns: the table
+    # goes to a file or another program whole
+    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,30 +130,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    """Print the top rows of a study's leaderboard."""
+    """Print a study's leaderboard to fit the terminal: the key columns, then the
+    hyperparameters that vary, as many as fit (--all, --columns to choose); --csv for pipes."""
     from hpo.leaderboard import read_leaderboard
 
-    board = read_leaderboard(args.study)  # first: a wrong path is told before pandas loads
-    import pandas as pd
-    from rich.table import Table
+    board = read_leaderboard(args.study)  # first: a wrong path is told before the imports
+    from hpo.table import print_leaderboard
 
-    # nullable integers, so an epoch shows as 4, not 4.0, beside trials that have none
-    board = board.head(args.top).convert_dtypes()
-    fixed = ["rank", "trial_id", "point", "status", board.columns[4], "best_epoch",
-             "epochs_trained", "params", "wall_s"]
-    first_hp = list(board.columns).index("node") + 1
-    # show the hyperparameters that differ between the rows shown, not the 50 constant ones
-    varying = [c for c in board.columns[first_hp:] if board[c].nunique(dropna=False) > 1]
-    columns = fixed + (varying if args.all else varying[: args.columns])
-    table = Table(title=str(args.study), header_style="bold")
-    for c in columns:
-        numeric = pd.api.types.is_numeric_dtype(board[c]) and not pd.api.types.is_bool_dtype(
-            board[c])
-        table.add_column(c, justify="right" if numeric else "left",
-                         min_width=min(len(c), 10))
-    for _, row in board[columns].iterrows():
-        table.add_row(*("" if pd.isna(v) else _fmt(v) for v in row))
-    _console().print(table)
+    print_leaderboard(board, args.study, args.top, args.columns, args.all, args.csv,
+                      _console())
     return 0
 
 
@@ -240,20 +227,6 @@ def _config_file(path: Path) -> dict:
     return config
 
 
-def _fmt(v) -> str:
-    import numbers
-
-    import numpy as np
-
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, numbers.Integral):
-        return f"{v:,}"
-    if isinstance(v, numbers.Real):
-        return f"{v:.4f}" if abs(v) < 1 else f"{v:,.1f}"
-    return str(v)
-
-
 def _fail(exc: BaseException) -> int:
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     print(f"hpo: error: {lines[0]}", file=sys.stderr)
@@ -333,12 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <study>/final)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__)
+    p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__,
+                       description=cmd_leaderboard.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
-    p.add_argument("--top", type=POSITIVE, default=10, help="rows to show (default 10)")
-    p.add_argument("--columns", type=NON_NEGATIVE, default=4,
-                   help="hyperparameter columns to show")
-    p.add_argument("--all", action="store_true", help="show every varying hyperparameter")
+    p.add_argument("--top", type=POSITIVE, help="rows to show (default 10; --csv: all)")
+    p.add_argument("--columns", help="these columns after the key ones, e.g. lr,optimizer,reason "
+                   "(any column of leaderboard.csv); more tables if they do not fit")
+    p.add_argument("--all", action="store_true",
+                   help="every hyperparameter that varies, in as many tables as the width needs")
+    p.add_argument("--csv", action="store_true",
+                   help="print the rows as CSV, unformatted, for a pipe or a file")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("export", help=cmd_export.__doc__)

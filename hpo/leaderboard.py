@@ -24,6 +24,8 @@ STATUSES = ("running", "completed", "stopped", "failed", "infeasible", "diverged
             "interrupted")
 RANKED = ("running", "completed", "stopped", "interrupted")  # trained to a value worth ranking
 FINISHED = ("completed", "stopped")  # what best.json, best.pt and `hpo train` may pick
+# ended by neither its epochs nor ASHA: the row's reason says why
+FAILURES = ("failed", "infeasible", "diverged", "oom")
 # per epoch: where it ran (node) and on what: the data's fingerprint, and how many images the
 # trial's process decoded itself (0: it used the driver's copy from the object store)
 EPOCH_COLUMNS = ("trial_id", "epoch", "val_acc", "val_loss", "train_loss", "img_per_s",

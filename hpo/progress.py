@@ -1,62 +1,337 @@
-"""The one compact view of a running study in the terminal (rich), instead of Ray's tables."""
+"""The live view of a running study in the terminal, fed by trial events; one plain line per
+event where the output is not a terminal (a log file, CI). Also: Ray's output sent to ray.log.
+
+No Ray here: the search's Tune callback turns what Tune sees into these events, and a test
+feeds them by hand.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import math
 import os
 import sys
+import threading
 import time
-from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from hpo import fmt
+
+FINISHED_ROWS = 4  # the last few finished trials stay in view, under the running ones
+
+
+@dataclass
+class _Trial:
+    trial_id: str
+    label: str  # the starting point's name, if it is one
+    epochs: int | None
+    started: float
+    epoch: int = 0
+    value: float | None = None  # the metric at the last epoch
+    best: float | None = None
+    img_per_s: float | None = None
+    epoch_s: list[float] = field(default_factory=list)  # each epoch: training + evaluation
+    startup_s: float | None = None  # from start to the first epoch, less that epoch
+    last: float = 0.0  # when it last reported
+    printed: float = -math.inf  # when its last plain epoch line went out
+    status: str = "running"
+    reason: str = ""
+    ended: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.trial_id
+
 
 class Progress:
-    """A live panel: trials by status, the best so far, elapsed time. Use as a context manager."""
+    """What a running study is doing, from events: `trial_started`, `trial_result`,
+    `trial_ended` for each trial, `study_update` for the study's counts and best.
 
-    def __init__(self, console: Console, study: str, trials: int, metric: str):
+    On a terminal (use it as a context manager) it is a live view, redrawn at most
+    `refresh_per_second` times a second to the console's width: a row per running trial
+    (epoch, current and best metric, img/s, elapsed), the last few finished ones with status
+    and reason, the study's counts and best so far, and an estimate of the time left. Else
+    each event is one plain line (epoch lines at most one per trial every `plain_every_s`,
+    besides its first and last), with no control codes.
+
+    The time left is estimated from measured epoch and start-up times and ASHA's rungs
+    (`rungs`: the epochs below `max_epochs` where ASHA keeps the top 1/`reduction_factor`):
+    see `time_left`. `clock` is time.time; a test passes its own.
+    """
+
+    def __init__(self, console: Console, study: str, trials: int, metric: str,
+                 mode: str = "max", *, max_epochs: int | None = None,
+                 rungs: Sequence[int] = (), reduction_factor: float = 3.0,
+                 concurrency: int | None = None, refresh_per_second: float = 4,
+                 plain_every_s: float = 10.0, clock: Callable[[], float] = time.time):
         self.console, self.study, self.trials, self.metric = console, study, trials, metric
-        self.counts: Counter = Counter()
+        self.mode, self.max_epochs, self.rungs = mode, max_epochs, tuple(rungs)
+        self.reduction_factor, self.concurrency = reduction_factor, concurrency
+        self.plain_every_s, self.clock = plain_every_s, clock
+        self.live_view = console.is_terminal
+        self.t0 = clock()
+        self.running: dict[str, _Trial] = {}
+        self.finished: list[_Trial] = []  # in the order they ended
+        self.counts: dict[str, int] | None = None  # the study's, when the driver sends them
         self.best: tuple[float, str, str] | None = None  # value, trial id, point name
-        self.t0 = time.time()
-        self.live = Live(self._render(), console=console, refresh_per_second=2, transient=False)
+        self.most_running = 0  # trials seen running at once: the concurrency, if not given
+        self._summary_due = False  # a trial ended: the plain study line goes out next
+        self._lock = threading.Lock()  # events arrive on the driver's thread, redraws on rich's
+        self.live = (Live(self, console=console, refresh_per_second=refresh_per_second,
+                          redirect_stdout=False, redirect_stderr=False)
+                     if self.live_view else None)
 
-    def update(self, counts: Counter, best: tuple[float, str, str] | None) -> None:
-        self.counts, self.best = counts, best
-        self.live.update(self._render())
+    # events ---------------------------------------------------------------------------------
 
-    def _render(self):
-        c = self.counts
-        finished = sum(v for k, v in c.items() if k != "running")
-        head = Text.assemble(
-            ("hpo ", "bold"), (self.study, "cyan"),
-            f"  {finished}/{self.trials} finished · {c['running']} running · "
-            f"{c['completed']} completed · {c['stopped']} stopped early",
-        )
-        other = {k: v for k, v in c.items() if k not in ("running", "completed", "stopped")}
-        if other:
-            head.append(" · " + " · ".join(f"{v} {k}" for k, v in sorted(other.items())), "yellow")
-        table = Table.grid(padding=(0, 2))
-        elapsed = time.time() - self.t0
-        best = "—"
-        if self.best:
-            value, trial, point = self.best
-            best = f"{self.metric} {value:.4f}  (trial {trial}{', ' + point if point else ''})"
-        table.add_row("best so far", best)
-        table.add_row("elapsed", f"{int(elapsed // 60)}m {elapsed % 60:04.1f}s")
-        return Group(head, table)
+    def trial_started(self, trial_id: str, label: str = "", epochs: int | None = None) -> None:
+        """A trial began (or began again after a retry or a resume: its best so far stays)."""
+        with self._lock:
+            before = self.running.get(trial_id) or next(
+                (t for t in self.finished if t.trial_id == trial_id), None)
+            trial = _Trial(trial_id, label, epochs or self.max_epochs, started=self.clock())
+            trial.last = trial.started
+            if before is not None:
+                trial.best, trial.epoch_s = before.best, before.epoch_s
+                self.finished = [t for t in self.finished if t.trial_id != trial_id]
+            self.running[trial_id] = trial
+            self.most_running = max(self.most_running, len(self.running))
+        self._line(f"{_who(trial)} started: {trial.epochs or '?'} epochs")
+
+    def trial_result(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
+        """One epoch's report: `epoch`, `epochs`, the metric, `img_per_s`, and the epoch's
+        time as `t_start`/`t_end` (else `train_seconds`). A report with epoch 0 (a trial that
+        could not be built) only updates the row."""
+        now = self.clock()
+        with self._lock:
+            trial = self.running.get(trial_id)
+            if trial is None:
+                return
+            epoch = int(metrics.get("epoch") or 0)
+            trial.epochs = metrics.get("epochs") or trial.epochs
+            if epoch <= 0:
+                return
+            spent = _epoch_seconds(metrics)
+            if spent is not None:
+                if trial.startup_s is None and epoch == 1:
+                    trial.startup_s = max(0.0, now - trial.started - spent)
+                del trial.epoch_s[epoch - 1:]  # a trial started again re-reports epochs
+                trial.epoch_s.append(spent)
+            trial.epoch, trial.last = epoch, now
+            value = metrics.get(self.metric)
+            if value is not None and math.isfinite(value):
+                trial.value = value
+                if trial.best is None or (value > trial.best if self.mode == "max"
+                                          else value < trial.best):
+                    trial.best = value
+            if metrics.get("img_per_s"):
+                trial.img_per_s = metrics["img_per_s"]
+            due = (epoch == 1 or epoch == trial.epochs
+                   or now - trial.printed >= self.plain_every_s)
+            if due:
+                trial.printed = now
+        if due:
+            self._line(f"{_who(trial)} epoch {epoch}/{trial.epochs or '?'}: "
+                       f"{self.metric} {fmt.metric(trial.value)}, best {fmt.metric(trial.best)}, "
+                       f"{fmt.value(round(trial.img_per_s or 0))} img/s, "
+                       f"{fmt.duration(now - trial.started)}")
+
+    def trial_ended(self, trial_id: str, status: str, reason: str = "") -> None:
+        """A trial ended: completed, stopped (by ASHA), failed, infeasible, diverged, oom."""
+        with self._lock:
+            trial = self.running.pop(trial_id, None)
+            if trial is None:
+                return
+            trial.status, trial.reason, trial.ended = status, reason, self.clock()
+            self.finished.append(trial)
+        best = f", best {self.metric} {fmt.metric(trial.best)}" if trial.best is not None else ""
+        self._line(f"{_who(trial)} {status} after {trial.epoch}/{trial.epochs or '?'} epochs"
+                   + best + (f": {reason}" if reason else ""))
+        # the study's counts come with the next study_update; without those, from the events
+        self._summary_due = True
+        if self.counts is None:
+            self._plain_summary()
+
+    def study_update(self, counts: Mapping[str, int],
+                     best: tuple[float, str, str] | None) -> None:
+        """The study's trials by status (the leaderboard's, so a resumed study counts the
+        trials of earlier runs) and its best so far: (value, trial id, point name)."""
+        with self._lock:
+            self.counts, self.best = dict(counts), best
+        if self._summary_due:
+            self._plain_summary()
+
+    def _plain_summary(self) -> None:
+        self._summary_due = False
+        self._line(" · ".join(line.plain for line in self._summary()))
+
+    # the estimate ---------------------------------------------------------------------------
+
+    def time_left(self) -> tuple[float, float] | None:
+        """(seconds left, mean seconds an epoch took): the time until the last trial ends,
+        estimated; None before any epoch is measured.
+
+        Each running trial is expected to train to its next rung and past each later one
+        with chance 1/reduction_factor (`expected_epochs`), at its own measured epoch time,
+        or the time its epoch under way has taken so far when that is longer; the trials not
+        started yet, the same from epoch 0 at the mean epoch time, plus the mean start-up.
+        Trials run as many at once as `concurrency` (else the most seen running at once)
+        allows (`makespan`). Trials that end early (infeasible, diverged) and ASHA's early
+        promotions are not foreseen.
+        """
+        now = self.clock()
+        with self._lock:
+            epochs = [s for t in (*self.running.values(), *self.finished) for s in t.epoch_s]
+            if not epochs:
+                return None
+            epoch_s = sum(epochs) / len(epochs)
+            startups = [t.startup_s for t in (*self.running.values(), *self.finished)
+                        if t.startup_s is not None]
+            startup_s = sum(startups) / len(startups) if startups else 0.0
+            running = []
+            for t in self.running.values():
+                own = sum(t.epoch_s) / len(t.epoch_s) if t.epoch_s else epoch_s
+                startup = 0.0 if t.epoch else startup_s
+                since = now - (t.last if t.epoch else t.started)
+                # the epoch under way takes at least as long as it has so far: a trial slower
+                # than measured pushes the estimate up as it runs on
+                own = max(own, since - startup)
+                running.append(max(0.0, startup + self._expected(t.epoch, t.epochs) * own
+                                   - since))
+            waiting = max(0, self.trials - self._finished_count() - len(self.running))
+            new_trial = startup_s + self._expected(0, self.max_epochs) * epoch_s
+            slots = max(1, self.concurrency or self.most_running, len(running))
+        return makespan(running, [new_trial] * waiting, slots), epoch_s
+
+    def _expected(self, done: int, epochs: int | None) -> float:
+        return expected_epochs(done, epochs or self.max_epochs or done, self.rungs,
+                               self.reduction_factor)
+
+    def _finished_count(self) -> int:
+        if self.counts is not None:
+            return sum(v for k, v in self.counts.items() if k != "running")
+        return len(self.finished)
+
+    # drawing --------------------------------------------------------------------------------
+
+    def __rich_console__(self, console: Console, options):
+        with self._lock:
+            trials = [*self.running.values(), *self.finished[-FINISHED_ROWS:]]
+        now = self.clock()
+        value = fmt.formatter([v for t in trials for v in (t.value, t.best)],
+                              decimals=fmt.METRIC_DECIMALS)
+        speed = fmt.formatter([t.img_per_s for t in trials], scientific=False)
+        rows = [(t.name, f"{t.epoch}/{t.epochs or '?'}", value(t.value), value(t.best),
+                 speed(t.img_per_s), fmt.duration((t.ended or now) - t.started),
+                 t.status + (f": {t.reason}" if t.reason else "")) for t in trials]
+        header = ("trial", "epoch", self.metric, "best", "img/s", "time", "status")
+        widths = [max(len(c) for c in column) for column in zip(header, *rows)]
+        table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+        for i, name in enumerate(header):
+            last = i == len(header) - 1
+            # the status and reason take what the other columns leave, cut short if need be
+            table.add_column(name, justify="left" if i in (0, 6) else "right", no_wrap=True,
+                             overflow="ellipsis", max_width=max(
+                                 len(name), options.max_width - sum(widths[:-1]) - 2 * i)
+                             if last else None)
+        for row, t in zip(rows, trials):
+            table.add_row(*row, style="dim" if t.ended is not None else None)
+        yield table
+        yield from self._summary()
+
+    def _summary(self) -> list[Text]:
+        return [self._study_line(), self._best_line(), self._estimate_line()]
+
+    def _study_line(self) -> Text:
+        counts = dict(self.counts or {})
+        if self.counts is None:
+            for t in self.finished:
+                counts[t.status] = counts.get(t.status, 0) + 1
+        counts["running"] = len(self.running)
+        finished = sum(v for k, v in counts.items() if k != "running")
+        line = Text.assemble(("hpo ", "bold"), (self.study, "cyan"),
+                             f"  {finished}/{self.trials} finished · {counts['running']} running")
+        for status in ("completed", "stopped", "infeasible", "failed", "diverged", "oom"):
+            if counts.get(status):
+                line.append(f" · {counts[status]} {status}",
+                            "yellow" if status in ("failed", "diverged", "oom") else None)
+        return line
+
+    def _best_line(self) -> Text:
+        best, found = "best: none yet", self.best
+        if found is None:  # no study_update yet: the best of the trials seen
+            seen = [t for t in (*self.running.values(), *self.finished) if t.best is not None]
+            sign = 1 if self.mode == "max" else -1
+            top = max(seen, key=lambda t: sign * t.best, default=None)
+            found = top and (top.best, top.trial_id, top.label)
+        if found:
+            value, trial, point = found
+            best = (f"best {self.metric} {fmt.metric(value)} (trial {trial}"
+                    f"{', ' + point if point else ''})")
+        return Text(f"{best} · elapsed {fmt.duration(self.clock() - self.t0)}")
+
+    def _estimate_line(self) -> Text:
+        found = self.time_left()
+        if found is None:
+            return Text("time left: estimated once an epoch has been measured")
+        left, epoch_s = found
+        rungs = (f"ASHA's rungs at {', '.join(map(str, self.rungs))} of {self.max_epochs} "
+                 "epochs" if self.rungs else "no ASHA rungs")
+        return Text(f"time left ≈ {fmt.duration(left)} (estimate from {epoch_s:.1f} s/epoch "
+                    f"and {rungs})")
+
+    def _line(self, text: str) -> None:
+        if not self.live_view:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def __enter__(self):
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.live.update(self._render())
-        return self.live.__exit__(*exc)
+        if self.live:
+            return self.live.__exit__(*exc)
+        return None
+
+
+def expected_epochs(done: int, epochs: int, rungs: Sequence[int],
+                    reduction_factor: float) -> float:
+    """Epochs a trial that has trained `done` of its `epochs` can expect to train still under
+    ASHA: on to its next rung for sure, past each later rung with chance 1/reduction_factor
+    (ASHA keeps the top 1/reduction_factor of the trials at a rung), on to `epochs`."""
+    left, chance, at = 0.0, 1.0, done
+    for rung in sorted(r for r in rungs if done < r < epochs):
+        left += chance * (rung - at)
+        chance, at = chance / reduction_factor, rung
+    return left + chance * max(0, epochs - at)
+
+
+def makespan(running: Sequence[float], waiting: Sequence[float], slots: int) -> float:
+    """Seconds until the last job ends: `running` jobs (seconds each has left) hold slots,
+    each `waiting` job (its seconds) takes the first slot free, `slots` at once."""
+    free = sorted([*running, *[0.0] * max(0, slots - len(running))])
+    heapq.heapify(free)
+    for job in waiting:
+        heapq.heappush(free, heapq.heappop(free) + job)
+    return max(free, default=0.0)
+
+
+def _epoch_seconds(metrics: Mapping[str, Any]) -> float | None:
+    if metrics.get("t_start") is not None and metrics.get("t_end") is not None:
+        return float(metrics["t_end"]) - float(metrics["t_start"])
+    return metrics.get("train_seconds")
+
+
+def _who(trial: _Trial) -> str:
+    return f"trial {trial.trial_id}" + (f" ({trial.label})" if trial.label else "")
 
 
 @contextlib.contextmanager

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: the Agg canvas, no global backend state
 
+from hpo import fmt
 from hpo.files import write_atomic
-from hpo.leaderboard import FIXED, STATUSES, read_leaderboard
+from hpo.leaderboard import FAILURES, FIXED, STATUSES, read_leaderboard
 
 TOP = 15
 MIN_COMPLETE = 10  # fewer COMPLETE trials than this: importance also counts ASHA-stopped ones
@@ -30,12 +31,18 @@ BEST, DONE, FADED = "#d62728", "#1f77b4", "#9a9a9a"
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}
 h2{border-bottom:1px solid #ddd;margin-top:1.8em}table{border-collapse:collapse;font-size:12px}
 td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
-th{background:#f4f4f4}img{max-width:100%}.missing{color:#777;font-style:italic}
+th{background:#f4f4f4}img{width:100%;height:auto}.missing{color:#777;font-style:italic}
+td.text,th.text{text-align:left}.next{background:#f4f8fc;padding:.5em .8em;border-radius:4px}
+code{white-space:nowrap}td.wrap{white-space:normal;text-align:left;min-width:24em}
 .wide{overflow-x:auto}dt{font-weight:600;float:left;width:9em;clear:left}dd{margin-left:9em}"""
-# --dump-dom shows the DOM, not whether images decoded: the page records that itself on load
+# --dump-dom shows the DOM, not whether images decoded nor how wide they are drawn: the page
+# records that itself on load (the narrowest plot, in % of the page's text width)
 SCRIPT = """window.addEventListener("load", () => { const i = [...document.images];
 document.body.dataset.imagesLoaded = i.every(x => x.complete && x.naturalWidth > 0);
-document.body.dataset.images = i.length; });"""
+document.body.dataset.images = i.length;
+const page = document.querySelector("h1").getBoundingClientRect().width;
+document.body.dataset.narrowestImage = Math.round(Math.min(...i.map(
+  x => x.getBoundingClientRect().width)) / page * 100); });"""
 
 
 class _Missing(Exception):
@@ -45,8 +52,10 @@ class _Missing(Exception):
 def write_report(study: str | Path) -> Path:
     """Write `<study>/report.html` and return its path.
 
-    One self-contained page: plots are inline PNGs, nothing is fetched, and one small script
-    records on load whether every image decoded (`data-images-loaded`, `data-images` on body).
+    One self-contained page: plots are inline PNGs as wide as the page, nothing is fetched,
+    and one small script records on load whether every image decoded and how wide the
+    narrowest is drawn (`data-images-loaded`, `data-images`, `data-narrowest-image` in % of
+    the text's width, on body).
     Whatever a section needs and the folder lacks (no epochs yet, no study.db, too few trials
     for importances, no final retrain) becomes a sentence saying so; only a folder without a
     leaderboard.csv raises (FileNotFoundError). Never imports Ray.
@@ -70,12 +79,14 @@ def write_report(study: str | Path) -> Path:
     found = _guard(_importances, ctx)  # (importances, html), or the sentence why there are none
     ctx["importances"], importance = found if isinstance(found, tuple) else (None, found)
     sections = [
+        ("What to do next", _guard(_next, ctx)),
         ("Learning curves", _guard(_curves, ctx)),
         ("Best so far against wall time", _guard(_best_so_far, ctx)),
         (f"{metric} against trainable parameters", _guard(_pareto, ctx)),
         ("Hyperparameter importance", importance),
         ("Slices of the most important dimensions", _guard(_slices, ctx)),
         (f"Leaderboard (top {TOP})", _guard(_top_table, ctx)),
+        ("Trials that failed", _guard(_failures, ctx)),
         ("Final test results", _guard(_final, ctx)),
     ]
     body = _guard(_header, ctx) + "".join(f"<h2>{escape(t)}</h2>\n{h}\n" for t, h in sections)
@@ -115,54 +126,88 @@ def _img(fig: Figure, alt: str) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    # as wide as the page (1,150 px) or wider, so a plot is shrunk to fit, never blown up
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode()
     return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, (float, np.floating)):
-        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
-    return str(v)
-
-
 def _table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
+    """An HTML table, each column's numbers at one precision (as `hpo leaderboard` has them),
+    text left-aligned, a reason wrapped."""
+    cells = {c: fmt.column(str(c), df[c].tolist()) for c in df.columns}
+    align = {c: ' class="wrap"' if c == "reason" else "" if fmt.kind_of(
+        str(c), df[c].tolist()) in ("int", "float") else ' class="text"' for c in df.columns}
+    head = "".join(f"<th{align[c]}>{escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td{align[c]}>{escape(cells[c][i])}</td>"
+                                    for c in df.columns) + "</tr>" for i in range(len(df)))
     return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def _best(ctx) -> dict[str, Any] | None:
+    """The leaderboard's best row, if any trial has a value yet."""
+    board, metric = ctx["board"], ctx["metric"]
+    if board.empty or pd.isna(board.iloc[0][metric]):
+        return None
+    return board.iloc[0].to_dict()
+
+
+def _named(row: dict[str, Any]) -> str:
+    """A trial named for what it is: a starting point, or a config the searcher sampled."""
+    point = row.get("point")
+    if isinstance(point, str) and point:
+        return f"starting point {point} (trial {row['trial_id']})"
+    return f"sampled config, trial {row['trial_id']}"
 
 
 def _header(ctx) -> str:
     board, meta, metric = ctx["board"], ctx["meta"], ctx["metric"]
     counts = board["status"].value_counts()
     order = [s for s in STATUSES if s in counts] + [s for s in counts.index if s not in STATUSES]
-    best = meta.get("best") or (board.iloc[0].to_dict() if len(board) else {})
+    best = _best(ctx)
     busy = meta.get("busy_fraction")
+    wall = meta.get("wall_s")
     items = {
         "space file": f"{meta.get('space', '?')} (copy: space.py)",
         "data": f"{meta.get('data', '?')} · fingerprint {meta.get('fingerprint', '?')}",
         "started": meta.get("started", "?"),
-        "wall time": f"{meta['wall_s']:.0f} s" if meta.get("wall_s") else "not finished",
+        "wall time": f"{fmt.value(round(wall))} s" + (f" ({fmt.duration(wall)})" if wall >= 60
+                                                      else "") if wall else "not finished",
         "trials": f"{len(board)}: " + ", ".join(f"{counts[s]} {s}" for s in order),
         "busy": f"{busy:.0%} of the wall time computing" if busy is not None else "?",
         "time went to": _time_spent(meta.get("time")),
-        "best trial": (f"{best['trial_id']} · {metric} {_fmt(best[metric])}"
-                       if pd.notna(best.get(metric)) else "none yet"),
+        "best trial": (f"{_named(best)} · {metric} {fmt.metric(best[metric])}" if best
+                       else "none yet"),
     }
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items.items())
     return f"<h1>{escape(ctx['study'].name)}</h1>\n<dl>{rows}</dl>\n"
 
 
+def _next(ctx) -> str:
+    """One line: the command that takes the winner on to its honest test figure."""
+    best, study = _best(ctx), ctx["study"]
+    if best is None:
+        raise _Missing("nothing to do yet: no trial has a value")
+    final = study / "final" / "results.json"
+    res = json.loads(final.read_text()) if final.is_file() else {}
+    if "test_acc" in res:  # the best was retrained (not only starting points)
+        weights = f"final/best-seed{(res.get('seeds') or [0])[0]}.pt"
+        return (f'<p class="next">The final retrain of the best is below. '
+                f"<code>hpo export {escape(str(study))} --rank 1 -o best.json</code> writes "
+                f"its config; <code>{weights}</code> holds its weights.</p>")
+    return (f'<p class="next">Run <code>hpo train {escape(str(study))} --seeds 3</code> to '
+            f"retrain the best, {escape(_named(best))}, on train + validation and test it once "
+            f"per seed (add <code>--point NAME</code> for a starting point beside it).</p>")
+
+
 def _time_spent(spent: dict | None) -> str:
     if not spent:
         return "?"
-    return (f"data {spent['data_s']:.0f} s and starting Ray {spent['ray_start_s']:.0f} s; "
-            f"no trial computing {spent['idle_s']:.0f} s of {spent['search_s']:.0f} s; "
-            f"in trial-seconds: training {spent['train_s']:.0f}, evaluation "
-            f"{spent['eval_s']:.0f}, start-up and reporting {spent['trial_other_s']:.0f} "
+    s = {k: fmt.value(round(v)) for k, v in spent.items()}
+    return (f"data {s['data_s']} s and starting Ray {s['ray_start_s']} s; "
+            f"no trial computing {s['idle_s']} s of {s['search_s']} s; "
+            f"in trial-seconds: training {s['train_s']}, evaluation "
+            f"{s['eval_s']}, start-up and reporting {s['trial_other_s']} "
             "(last run of the search)")
 
 
@@ -178,9 +223,8 @@ def _rungs(ctx) -> tuple[list[float], str]:
     # ASHA's milestones as hpo.search sets them up; the one at max_epochs itself is left out,
     # as every trial ends there anyway
     if space:
-        top, grace, rf = space.max_epochs, space.grace_period, space.reduction_factor
-        return ([grace * rf**k for k in range(64) if grace * rf**k < top],
-                f"ASHA rungs (grace {grace}, factor {rf:g})")
+        return (space.rungs(),
+                f"ASHA rungs (grace {space.grace_period}, factor {space.reduction_factor:g})")
     stopped = board.loc[board["status"] == "stopped", "epochs_trained"].dropna()
     return sorted(set(stopped)), "where stopped trials ended"
 
@@ -197,10 +241,11 @@ def _curves(ctx) -> str:
         done = status.get(tid) == "completed"
         ax.plot(g["epoch"], g[metric], marker=".", lw=1.2, color=DONE if done else FADED,
                 alpha=0.8 if done else 0.35)
-    best = str(board.iloc[0]["trial_id"]) if pd.notna(board.iloc[0][metric]) else None
-    g = e[e["trial_id"] == best].sort_values("epoch")
+    best = _best(ctx)
+    g = e[e["trial_id"] == str(best["trial_id"])].sort_values("epoch") if best else e.iloc[:0]
     if len(g):
-        ax.plot(g["epoch"], g[metric], marker="o", lw=2.5, color=BEST, label=f"best: {best}")
+        ax.plot(g["epoch"], g[metric], marker="o", lw=2.5, color=BEST,
+                label=f"best: {_named(best)}")
     ax.plot([], [], color=DONE, label="completed")
     ax.plot([], [], color=FADED, label="stopped by ASHA, failed or running")
     ax.set(xlabel="epoch", ylabel=metric)
@@ -310,7 +355,7 @@ def _importances(ctx) -> tuple[dict[str, float] | None, str]:
 
 def _bars(imp: dict[str, float]) -> str:
     names = list(imp)[::-1]  # most important on top
-    fig = Figure(figsize=(7, 0.35 * len(names) + 1))
+    fig = Figure(figsize=(11, 0.35 * len(names) + 1))
     ax = fig.subplots()
     ax.barh(names, [imp[n] for n in names], color=DONE)
     ax.set(xlabel="importance (shares summing to 1)")
@@ -332,9 +377,10 @@ def _slices(ctx) -> str:
         r, d = rows.dropna(subset=[dim]), searched.get(dim)
         values = r[dim]
         if hasattr(d, "values") or values.dtype.kind not in "if":  # categorical: jittered slots
-            cats = [_fmt(v) for v in getattr(d, "values", ())]
-            cats += sorted({_fmt(v) for v in values} - set(cats))
-            x = np.array([cats.index(_fmt(v)) for v in values]) + rng.uniform(-.12, .12, len(r))
+            label = fmt.column_formatter(dim, [*getattr(d, "values", ()), *values])
+            cats = [label(v) for v in getattr(d, "values", ())]
+            cats += sorted({label(v) for v in values} - set(cats))
+            x = np.array([cats.index(label(v)) for v in values]) + rng.uniform(-.12, .12, len(r))
             ax.set_xticks(range(len(cats)), cats)
         else:
             x = values.to_numpy(float)
@@ -350,11 +396,20 @@ def _slices(ctx) -> str:
 
 
 def _top_table(ctx) -> str:
-    board, shown = ctx["board"], (*FIXED, ctx["metric"])
+    board, shown = ctx["board"], set(FIXED) - {"reason"} | {ctx["metric"], "pareto"}
     if board.empty:
         raise _Missing("no trials yet")
     fixed = [c for c in board.columns if c in shown and board[c].notna().any()]
     return _table(board.head(TOP)[fixed + _varying(ctx)])
+
+
+def _failures(ctx) -> str:
+    board = ctx["board"]
+    failed = board[board["status"].isin(FAILURES)]
+    if failed.empty:
+        raise _Missing("none: every trial ran until it completed, ASHA stopped it, or it is "
+                       "still running")
+    return _table(failed[["rank", "trial_id", "point", "status", "epochs_trained", "reason"]])
 
 
 def _varying(ctx) -> list[str]:
@@ -368,13 +423,30 @@ def _final(ctx) -> str:
     if not path.is_file():
         raise _Missing(f"no final retrain yet (run hpo train {ctx['study']})")
     res = json.loads(path.read_text())
-    # hpo train writes the tuned config's results at the top level, each starting point's
+    # hpo train writes the best config's results at the top level, each starting point's
     # under its name; a seed that failed to train has test_acc NaN
-    runs = {**({"tuned config": res} if "test_acc" in res else {}),
-            **(res.get("starting_points") or {})}
-    rows = [{"config": name, "test_acc mean": r.get("mean"), "std": r.get("std"),
-             "per seed": ", ".join(_fmt(float(v)) or "failed" for v in r.get("test_acc", []))}
+    runs = {**({_final_name(ctx, res.get("config") or {}): res} if "test_acc" in res else {}),
+            **{f"starting point {name}": r
+               for name, r in (res.get("starting_points") or {}).items()}}
+    rows = [{"config": name, "test_acc mean": r.get("mean"), "test_acc std": r.get("std"),
+             "per seed": ", ".join(fmt.metric(v) if math.isfinite(v) else "failed"
+                                   for v in map(float, r.get("test_acc", [])))}
             for name, r in runs.items()]
     seeds = ", ".join(map(str, res.get("seeds", [])))
     return (f"<p>Retrained and tested on the test split, seeds {escape(seeds)}:</p>"
             + _table(pd.DataFrame(rows)))
+
+
+def _final_name(ctx, config: dict[str, Any]) -> str:
+    """What the retrained best config is: a starting point, or the trial whose config it is
+    (told apart by everything but the seed and epochs a retrain may change)."""
+    if config.get("point"):
+        return f"starting point {config['point']} (the search's best)"
+    path = ctx["study"] / "configs.json"
+    configs = json.loads(path.read_text()) if path.is_file() else {}
+    same = [tid for tid, c in configs.items() if _settings(c) == _settings(config)]
+    return f"sampled config, trial {same[0]}" if same else "sampled config"
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in ("seed", "epochs")}

@@ -145,6 +145,15 @@ class Space:
     def mode(self) -> str:
         return self.objectives[0][1]
 
+    def rungs(self) -> list[int]:
+        """ASHA's rungs below max_epochs, where it keeps the top 1/reduction_factor of the
+        trials: grace_period × reduction_factor^k epochs, as Ray's ASHAScheduler places them."""
+        rungs, k = [], 0
+        while (rung := self.grace_period * self.reduction_factor**k) < self.max_epochs:
+            rungs.append(round(rung))
+            k += 1
+        return rungs
+
     def sample(self, trial) -> dict[str, Any]:
         """Draw one config with an Optuna trial (define-by-run); return the complete config.
 

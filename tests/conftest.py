@@ -142,8 +142,7 @@ def study_tuner(space, folder: Path, trainable, concurrency: int = 2):
     record = open_study(space, folder.name, storage, seed=0)
     searcher = StudySearcher(space, record, storage, Record.read(record), space.trials)
     board = Leaderboard(folder / "leaderboard.csv", space.metric, space.mode)
-    scheduler = Rungs(space.metric, space.mode, space.grace_period, space.reduction_factor,
-                      space.max_epochs)
+    scheduler = Rungs(space.metric, space.mode, space.rungs(), space.reduction_factor)
     return new_tuner(space, SearchOptions(), folder, trainable, searcher,
                      StudyCallback(board, None, searcher), scheduler, concurrency,
                      space.trials), board

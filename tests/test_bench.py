@@ -1,4 +1,5 @@
-"""bench/throughput.py, bench/packing.py and bench/checkpoint.py run end to end in their --small CPU form.
+"""bench/throughput.py, bench/packing.py and bench/checkpoint.py run end to end in their
+--small CPU form.
 
 Only that they run and print their figures: no timing is asserted, since speed on a shared CI
 machine says nothing about the code. A generated dataset keeps each run to a few seconds.

@@ -122,11 +122,63 @@ def test_sections_header_and_escaping(report):
 def test_top_table_shows_varying_hyperparameters_only(report):
     _, html = report
     table = html.split("<h2>Leaderboard (top 15)</h2>")[1].split("</table>")[0]
-    header = re.findall(r"<th>([^<]*)</th>", table)
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", table)
     assert header[:5] == ["rank", "trial_id", "point", "status", "val_acc"]
     assert "lr" in header and "optimizer" in header
     assert "batch_size" not in header and "epochs" not in header  # constants
     assert table.count("<tr>") == 13  # the header and 12 trials
+
+
+def test_best_named_next_step_failures_and_numbers(report):
+    path, html = report
+    study = path.parent
+    best = pd.read_csv(study / "leaderboard.csv").iloc[0]
+    named = f"sampled config, trial {best.trial_id}"
+    assert f"<dd>{named} · val_acc {best.val_acc:.4f}</dd>" in html
+    assert f"<code>hpo train {study} --seeds 3</code> to retrain the best, {named}," in html
+    # the reasons are in a section of their own, not a column of the top table
+    failed = html.split("<h2>Trials that failed</h2>")[1].split("<h2>")[0]
+    assert "infeasible" in failed and "too &lt;deep&gt; &amp; wide" in failed
+    top = html.split("<h2>Leaderboard (top 15)</h2>")[1].split("</table>")[0]
+    assert ">reason<" not in top
+    # one precision per column: every val_acc to 4 decimals, parameters with separators
+    cells = re.findall(r"<tr>((?:<td[^>]*>[^<]*</td>)+)</tr>", top)
+    values = [re.findall(r"<td[^>]*>([^<]*)</td>", row)[4] for row in cells]
+    assert all(re.fullmatch(r"\d\.\d{4}", v) for v in values[:-1]) and values[-1] == ""
+    assert "<td>5,000</td>" in top
+
+
+def test_a_starting_point_that_wins_is_named_so(tmp_path):
+    study = tmp_path / "won"
+    study.mkdir()
+    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
+    configs = {"a1": {"point": "basenet", "lr": 0.01, "epochs": 4, "seed": 0},
+               "a2": {"lr": 0.3, "epochs": 4, "seed": 0}, "a3": {"lr": 9.0, "epochs": 4}}
+    for tid, config in configs.items():
+        board.start(tid, config)
+        if tid == "a3":
+            board.result(tid, {"epoch": 1, "status": "diverged",
+                               "reason": "training loss became nan in epoch 1"})
+        else:
+            board.result(tid, {"epoch": 1, "val_acc": 0.9 if tid == "a1" else 0.5})
+        board.finish(tid)
+    board.write()
+    html = write_report(study).read_text()
+    assert "<dd>starting point basenet (trial a1) · val_acc 0.9000</dd>" in html
+    assert "tuned" not in html
+    failed = html.split("<h2>Trials that failed</h2>")[1].split("<h2>")[0]
+    assert "a3" in failed and "training loss became nan in epoch 1" in failed
+    (study / "final").mkdir()
+    write_json(study / "final" / "results.json", {
+        "config": {**configs["a1"], "epochs": 30}, "seeds": [0], "test_acc": [0.8],
+        "mean": 0.8, "std": 0.0})
+    html = write_report(study).read_text()
+    assert "starting point basenet (the search&#x27;s best)" in html
+    assert "The final retrain of the best is below" in html and "best-seed0.pt" in html
+    write_json(study / "final" / "results.json", {
+        "config": {**configs["a2"], "seed": 2}, "seeds": [2], "test_acc": [0.7],
+        "mean": 0.7, "std": 0.0})
+    assert "sampled config, trial a2</td>" in write_report(study).read_text()
 
 
 def test_pareto_front_on_a_hand_made_frame():
@@ -156,8 +208,11 @@ def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path):
     assert "no epochs reported yet" in html and "no study.db" in html
     assert "no trials yet" in html and "none yet" in html
     final = html.split("<h2>Final test results</h2>")[1]
-    assert "tuned config" in final and "0.91" in final and "0.9, 0.91, 0.92" in final
-    assert "&lt;basenet&gt;" in final and "0.81" in final and "0.82, failed" in final
+    # a config no trial of the folder matches: named for what it is, not "tuned"
+    assert "<td class=\"text\">sampled config</td>" in final and "tuned" not in final
+    assert "0.9100" in final and "0.9000, 0.9100, 0.9200" in final
+    assert "starting point &lt;basenet&gt;" in final and "0.8100" in final
+    assert "0.8200, failed" in final
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +250,5 @@ def test_images_load_in_headless_chromium(report, tmp_path):
     assert body, f"chromium dumped no DOM: {run.stderr[-2000:]}"
     assert 'data-images-loaded="true"' in body.group(0)
     assert f'data-images="{html.count("<img")}"' in body.group(0)
+    # every plot is drawn as wide as the page's text, none at 60% of it
+    assert 'data-narrowest-image="100"' in body.group(0)

@@ -1,6 +1,7 @@
 """A real `hpo search` through Ray (2 CPUs), Optuna and PyTorch on a small generated dataset."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -76,6 +77,21 @@ def test_study_folder_holds_the_promised_files(study):
     # Ray's own chatter goes to the log file, not the terminal
     assert "Started a local Ray instance" in (folder / "ray.log").read_text()
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_search_writes_one_plain_line_per_trial_event_when_not_a_terminal(study):
+    _, folder, proc, _ = study
+    df = pd.read_csv(folder / "leaderboard.csv", dtype={"trial_id": str})
+    assert "\x1b" not in proc.stdout and "\r" not in proc.stdout  # a log, not a redrawn view
+    for trial_id, status in zip(df.trial_id, df.status):
+        assert re.search(rf"^trial {trial_id}( \(too-slow\))? started: 3 epochs$", proc.stdout,
+                         re.M)
+        assert re.search(rf"^trial {trial_id}( \(too-slow\))? {status} after ", proc.stdout,
+                         re.M)
+    assert re.search(r"^trial \w+( \(too-slow\))? epoch 1/3: val_acc \d\.\d{4}, best ",
+                     proc.stdout, re.M)
+    assert re.search(r"^hpo tiny  8/8 finished · 0 running .* time left ≈ 0s \(estimate",
+                     proc.stdout, re.M)
 
 
 def test_search_says_where_its_time_went(study):

@@ -98,3 +98,12 @@ def test_a_starting_point_is_recorded_in_optuna_with_its_own_values():
     assert trial.params == params and params["optimizer"] == "sgd" and params["bn"] == "before"
     # momentum exists for SGD, and 0.0 lies outside its range, so it is not claimed
     assert "momentum" not in params and "dense_1" in params
+
+
+def test_rungs_are_ashas_below_max_epochs():
+    import dataclasses
+
+    space = load_space(ROOT / "spaces/cifar10.py")  # grace 2, factor 3, 30 epochs
+    assert space.rungs() == [2, 6, 18]
+    assert load_space(ROOT / "tests/spaces/tiny.py").rungs() == [1, 2]  # grace 1, 2, 4 epochs
+    assert dataclasses.replace(space, max_epochs=2).rungs() == []

@@ -172,13 +172,15 @@ def _run(plan, data, record_study, storage, record, board, budget, console, t_ra
     concurrency = max(1, int(options.concurrency or space.concurrency or slots))
     searcher = StudySearcher(space, record_study, storage, record, budget,
                              feasibility(data, packer, cluster, concurrency))
-    progress = Progress(console, study.name, space.trials, space.metric)
+    progress = Progress(console, study.name, space.trials, space.metric, space.mode,
+                        max_epochs=space.max_epochs, rungs=space.rungs(),
+                        reduction_factor=space.reduction_factor, concurrency=concurrency)
     callback = StudyCallback(board, progress, searcher, packer=packer, ray_start_s=t_ray,
                              keep_checkpoints=options.keep_checkpoints)
     history = {int(tid): {e: c.get(space.metric) for e, c in curve.items()}
                for tid, curve in board.curves.items() if tid.isdigit()}
-    scheduler = Rungs(space.metric, space.mode, space.grace_period,
-                      space.reduction_factor, space.max_epochs, history)
+    scheduler = Rungs(space.metric, space.mode, space.rungs(), space.reduction_factor,
+                      history)
     resume = {r.number: r.checkpoint for r in record.resumed if r.checkpoint}
     trainable = tune.with_resources(tune.with_parameters(
         train_trial, data=data.without_test(), metric=space.metric, mode=space.mode,

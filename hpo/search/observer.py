@@ -66,19 +66,24 @@ class StudyCallback(tune.Callback):
         if self.progress:
             counts = Counter(r["status"] for r in self.board.rows.values())
             best = self.board.best()
-            self.progress.update(counts, best and (best[self.board.metric], best["trial_id"],
-                                                   best["config"].get("point", "")))
+            self.progress.study_update(counts, best and (
+                best[self.board.metric], best["trial_id"], best["config"].get("point", "")))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         tid = _row_id(trial)
         self.board.start(tid, _config(trial))
         self._began[tid] = time.time()
+        if self.progress:
+            self.progress.trial_started(tid, trial.config.get("point", ""),
+                                        trial.config.get("epochs"))
         self._refresh(force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         tid = _row_id(trial)
         self.board.result(tid, result)
         self.epochs += result.get("epoch", 0) > 0
+        if self.progress:
+            self.progress.trial_result(tid, result)
         if "t_start" in result:
             self.intervals.append((result["t_start"], result["t_end"]))
             self.train_s += result["train_seconds"]
@@ -130,6 +135,9 @@ class StudyCallback(tune.Callback):
         began = self._began.pop(tid, None)
         if began is not None:
             self.lives_s += time.time() - began
+        if self.progress:
+            row = self.board.rows[tid]
+            self.progress.trial_ended(tid, row["status"], row.get("reason") or "")
 
 
 def _delete_checkpoints(latest: tune.Checkpoint) -> None:

@@ -17,27 +17,17 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 
-def rungs(grace_period: int, reduction_factor: float, max_epochs: int) -> list[int]:
-    """The epochs at which ASHA may stop a trial: grace_period x reduction_factor**k below
-    max_epochs (a trial reaching max_epochs is complete, not judged)."""
-    out, k = [], 0
-    while (epoch := grace_period * reduction_factor**k) < max_epochs:
-        if not out or round(epoch) > out[-1]:
-            out.append(round(epoch))
-        k += 1
-    return out
-
-
 class Rungs(FIFOScheduler):
-    """ASHA over `epoch`, keyed by config["trial"]. `history` holds each recorded trial's
-    metric per epoch ({trial number: {epoch: value}}); its values at the rungs seed them."""
+    """ASHA over `epoch` at `rungs` (Space.rungs()), keyed by config["trial"]. `history` holds
+    each recorded trial's metric per epoch ({trial number: {epoch: value}}); its values at the
+    rungs seed them."""
 
-    def __init__(self, metric: str, mode: str, grace_period: int, reduction_factor: float,
-                 max_epochs: int, history: Mapping[int, Mapping[int, float]] = {}):
+    def __init__(self, metric: str, mode: str, rungs: list[int], reduction_factor: float,
+                 history: Mapping[int, Mapping[int, float]] = {}):
         super().__init__()
         self._metric_name, self._sign = metric, 1.0 if mode == "max" else -1.0
         self.reduction_factor = reduction_factor
-        self.rungs = rungs(grace_period, reduction_factor, max_epochs)
+        self.rungs = list(rungs)
         self._recorded: dict[int, dict[int, float]] = {r: {} for r in self.rungs}
         for number, curve in history.items():
             for rung in self.rungs:

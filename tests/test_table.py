@@ -1,0 +1,129 @@
+"""`hpo leaderboard` (hpo/table.py) fits the terminal: the key columns, then the
+hyperparameters that vary as far as the width allows, numbers formatted one way per column,
+failures with their reasons; --all and --columns in more tables; --csv unformatted."""
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hpo.leaderboard import Leaderboard
+from hpo.space import load_space, random_configs
+
+ROOT = Path(__file__).parents[1]
+
+
+def hpo(*args, cwd, columns: int | None = None):
+    env = {**os.environ, **({"COLUMNS": str(columns)} if columns else {})}
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+REASON = ("the net shrinks the 32×32 input to nothing before stage 5: stages=5 with kernel 5 "
+          "and padding 'valid' need an input of at least 48 pixels")
+
+
+@pytest.fixture(scope="module")
+def wide_study(tmp_path_factory):
+    """A leaderboard as a CIFAR-10 search leaves it, built by hand: the space's starting
+    points and random configs (dozens of varying hyperparameters), Ray-style trial ids,
+    millions of parameters, a failed, an infeasible and a diverged trial."""
+    study = tmp_path_factory.mktemp("cli") / "cifar10"
+    study.mkdir()
+    space = load_space(ROOT / "spaces/cifar10.py")
+    configs = [space.point(p) for p in space.starting_points] + random_configs(space, 11)
+    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
+    values = [0.3535, 0.6123, 0.03332, 0.7071, 0.5, 0.4444, 0.2, 0.1, 0.6, 0.65, 0.55]
+    for i, config in enumerate(configs):
+        tid = f"3f9a{i:02d}c2"
+        board.start(tid, config)
+        if i >= len(values):
+            status, reason = [("infeasible", REASON), ("failed", "RuntimeError: worker died"),
+                              ("diverged", "training loss became nan in epoch 2")][i - len(values)]
+            board.result(tid, {"epoch": 0, "status": status, "reason": reason})
+            board.finish(tid, status, reason)
+            continue
+        for e in (1, 2):
+            board.result(tid, {"epoch": e, "val_acc": values[i] * e / 2, "img_per_s": 1234.5,
+                               "params": 15_438_986 if i == 1 else 62_006 + 1000 * i})
+        board.finish(tid)
+    board.rows["3f9a01c2"]["wall_s"] = 1234.5
+    board.write()
+    return study
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_leaderboard_fits_the_terminal(wide_study, tmp_path, width):
+    out = hpo("leaderboard", wide_study, cwd=tmp_path, columns=width)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(map(len, lines)) <= width and "…" not in out.stdout
+    head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("#  trial"))
+    assert re.match(r" #  trial +point +status +val_acc  best ep +params  wall s", lines[head])
+    if width == 200:  # the key columns leave room for hyperparameters
+        assert re.search(r"wall s  \w", lines[head])
+    board = pd.read_csv(wide_study / "leaderboard.csv")
+    rows = {int(line.split()[0]): line for line in lines[head + 2: head + 12]}
+    assert len(rows) == 10 and "14 trials, the top 10 shown" in " ".join(lines[:head])
+    for rank, line in rows.items():
+        row = board[board["rank"] == rank].iloc[0]
+        assert row["trial_id"] in line and row["status"] in line
+        if isinstance(row["point"], str):
+            assert f" {row['point']} " in line  # whole, not cut short
+    # one precision per column, thousands separators
+    assert "0.7071" in rows[1] and " 0.3535 " in rows[8] and " 0.1000 " in rows[10]
+    assert "15,438,986" in rows[3] and " 1,234" in rows[3] and "report000-final" in rows[3]
+    # the hyperparameters that did not fit are named
+    left = re.search(r"(\d+) more hyperparameters vary: ", out.stdout)
+    assert left and int(left.group(1)) > (10 if width == 80 else 0)
+    # failed and infeasible trials rank last; shown, they say why, whole
+    assert "3 trials below these failed, were infeasible, diverged or ran out of memory " \
+        "(--top 14 shows them" in " ".join(out.stdout.split())
+    out = hpo("leaderboard", wide_study, "--top", "14", cwd=tmp_path, columns=width)
+    assert max(map(len, out.stdout.splitlines())) <= width and "…" not in out.stdout
+    text = " ".join(out.stdout.split())
+    assert f"trial 3f9a11c2 infeasible: {REASON}" in text
+    assert "trial 3f9a12c2 failed: RuntimeError: worker died" in text
+    assert "trials below these" not in text
+
+
+def test_leaderboard_all_and_chosen_columns_fit_in_more_tables(wide_study, tmp_path):
+    out = hpo("leaderboard", wide_study, "--all", cwd=tmp_path, columns=80)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in out.stdout
+    assert "more hyperparameters vary" not in out.stdout
+    headers = [line.split() for line in lines if line.lstrip().startswith("#  trial")]
+    assert len(headers) > 2  # further tables, each led by rank and trial
+    shown = {h for header in headers for h in header}
+    assert {"aug_rotate", "lr", "weight_decay", "growth", "optimizer", "batch_size"} <= shown
+    out = hpo("leaderboard", wide_study, "--columns", "aug_rotate,lr,reason", "--top", "14",
+              cwd=tmp_path, columns=200)
+    header = next(line for line in out.stdout.splitlines() if "#  trial" in line).split()
+    assert header[-3:] == ["aug_rotate", "lr", "reason"] and "growth" not in header
+    board = pd.read_csv(wide_study / "leaderboard.csv")
+    assert " 0.0333 " in out.stdout  # under 0.3535: one precision per column
+    # a whole-valued float setting reads as a float, a learning rate at one precision
+    assert re.search(r" (0|10|20)\.0 ", out.stdout) and "15.0" not in out.stdout.replace(
+        "15,438,986", "")
+    assert re.search(r"\de-0\d", out.stdout) or board["lr"].min() >= 1e-3
+    out = hpo("leaderboard", wide_study, "--columns", "lrr", cwd=tmp_path)
+    assert out.returncode == 2 and "has no column 'lrr' (did you mean lr?)" in out.stderr
+
+
+def test_leaderboard_csv_is_the_file_unformatted(wide_study, tmp_path):
+    out = hpo("leaderboard", wide_study, "--csv", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (wide_study / "leaderboard.csv").read_text()
+    out = hpo("leaderboard", wide_study, "--csv", "--top", "2", "--columns", "lr,reason",
+              cwd=tmp_path)
+    rows = list(csv.reader(io.StringIO(out.stdout)))
+    assert rows[0] == ["rank", "trial_id", "point", "status", "val_acc", "best_epoch",
+                       "params", "wall_s", "lr", "reason"]
+    assert len(rows) == 3 and rows[1][1] == "3f9a03c2" and "," not in rows[2][6]
