@@ -1,6 +1,6 @@
 """hpo: hyperparameter search for image-classification CNNs (Optuna TPE + ASHA on Ray Tune).
 
-The pieces a user or a test calls directly; none of them imports Ray (the hpo.search package
+The pieces a user or a test calls directly; none of them imports Ray (the hpo.tuning package
 does). They load on first use, so `import hpo.space` or `hpo --help` does not import torch.
 """
 

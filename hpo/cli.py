@@ -62,7 +62,7 @@ NON_NEGATIVE = _whole(0)
 
 def cmd_search(args) -> int:
     """Search a space file; results go to results/<study>/."""
-    from hpo.search import SearchOptions, search
+    from hpo.tuning import SearchOptions, run_study
 
     options = SearchOptions(
         data=args.data, trials=args.trials, max_epochs=args.max_epochs,
@@ -74,7 +74,7 @@ def cmd_search(args) -> int:
         concurrency=args.concurrency, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, epoch_budget=args.epoch_budget,
         time_budget=args.time_budget and args.time_budget * 60, results=Path(args.results))
-    study = search(args.space, options)
+    study = run_study(args.space, options)
     console = _console()
     if args.final and (study / "best.json").is_file():
         from hpo.final import retrain
@@ -234,7 +234,7 @@ def _fail(exc: BaseException) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hpo.search.options import CHECKPOINT_EVERY_S
+    from hpo.tuning.options import CHECKPOINT_EVERY_S
 
     parser = _Parser(prog="hpo", description="Hyperparameter search for image-classification "
                      "CNNs: Optuna TPE + ASHA on Ray Tune.")

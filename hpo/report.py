@@ -220,7 +220,7 @@ def _need_epochs(ctx) -> pd.DataFrame:
 
 def _rungs(ctx) -> tuple[list[float], str]:
     space, board = ctx["space"], ctx["board"]
-    # ASHA's milestones as hpo.search sets them up; the one at max_epochs itself is left out,
+    # ASHA's milestones as hpo.tuning sets them up; the one at max_epochs itself is left out,
     # as every trial ends there anyway
     if space:
         return (space.rungs(),

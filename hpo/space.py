@@ -322,7 +322,7 @@ def _build(path: Path, m) -> Space:
 
 
 SECOND_OBJECTIVES = ("params",)
-# Optuna samplers a space file may name (hpo.search.searcher.make_sampler builds them):
+# Optuna samplers a space file may name (hpo.tuning.searcher.make_sampler builds them):
 SAMPLERS = {
     "tpe": "univariate TPE, a constant liar for trials still running (the default)",
     "tpe-multivariate": "TPE over the joint distribution of dimensions drawn together "

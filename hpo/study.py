@@ -67,7 +67,7 @@ def write_meta(study: Path, meta: dict[str, Any]) -> None:
 
 
 def begin_study(plan, data) -> dict[str, Any]:
-    """Record a run of the search `plan` (hpo.search.options.Plan) on `data` in study.json:
+    """Record a run of the search `plan` (hpo.tuning.options.Plan) on `data` in study.json:
     on the study's first run its identity (what a resume must match) and space.py, on every
     run the options it ran with. Returns the metadata written."""
     study, options = plan.folder, plan.options

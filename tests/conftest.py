@@ -131,11 +131,11 @@ def study_tuner(space, folder: Path, trainable, concurrency: int = 2):
     import optuna
 
     from hpo.leaderboard import Leaderboard
-    from hpo.search import SearchOptions
-    from hpo.search.driver import new_tuner
-    from hpo.search.observer import StudyCallback
-    from hpo.search.scheduler import Rungs
-    from hpo.search.searcher import Record, StudySearcher, open_study
+    from hpo.tuning import SearchOptions
+    from hpo.tuning.driver import new_tuner
+    from hpo.tuning.observer import StudyCallback
+    from hpo.tuning.scheduler import Rungs
+    from hpo.tuning.searcher import Record, StudySearcher, open_study
 
     folder.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")

@@ -1,5 +1,5 @@
 """Clusters: cluster.yaml, the Ray cluster-launcher config for AWS, and joining a running
-cluster with `hpo search --address` (hpo/search/cluster.py).
+cluster with `hpo search --address` (hpo/tuning/cluster.py).
 
 Validation uses the schema Ray ships (ray/autoscaler/ray-schema.json) through
 ``validate_config(prepare_config(cfg))``, the same pair ``ray up`` runs. Neither

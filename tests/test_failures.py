@@ -59,7 +59,7 @@ def test_crashed_trials_are_retried_then_failed_and_the_search_goes_on(tmp_path)
 def test_a_crashed_trial_goes_on_from_its_checkpoint(tmp_path, tiny_parquet):
     def crashes_once_in_epoch_3(config, data, metric, mode, marker):
         import hpo.train
-        from hpo.search.trainable import train_trial
+        from hpo.tuning.trainable import train_trial
 
         real = hpo.train.evaluate
         calls = [0]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hpo.data import load_dataset
-from hpo.search.options import SearchOptions, StudyError, check_data, plan_search
 from hpo.study import begin_study
+from hpo.tuning.options import SearchOptions, StudyError, check_data, plan_search
 
 TINY = Path(__file__).parents[1] / "tests/spaces/tiny.py"
 

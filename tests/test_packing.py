@@ -13,10 +13,10 @@ from rich.console import Console
 from conftest import study_tuner
 from hpo.model import Infeasible, build_model
 from hpo.packing import CONTEXT_BYTES, Packer, predict_bytes
-from hpo.search import SearchOptions
-from hpo.search.placement import probe, trial_resources
 from hpo.space import load_space, random_configs
 from hpo.train import peak_memory
+from hpo.tuning import SearchOptions
+from hpo.tuning.placement import probe, trial_resources
 
 ROOT = Path(__file__).parents[1]
 SPACE = load_space(ROOT / "spaces/cifar10.py")

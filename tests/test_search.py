@@ -197,8 +197,8 @@ def test_trial_resources_follow_the_cluster():
 
     from rich.console import Console
 
-    from hpo.search import SearchOptions
-    from hpo.search.placement import trial_resources
+    from hpo.tuning import SearchOptions
+    from hpo.tuning.placement import trial_resources
 
     quiet = Console(file=StringIO())
     # CPUs only: one CPU per trial, as many as there are CPUs

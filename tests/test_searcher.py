@@ -14,13 +14,13 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.packing import predict_bytes
-from hpo.search.searcher import (
+from hpo.space import choice, load_space
+from hpo.tuning.searcher import (
     CONSTRAINT,
     Record,
     StudySearcher,
     open_study,
 )
-from hpo.space import choice, load_space
 
 ROOT = Path(__file__).parents[1]
 CIFAR = load_space(ROOT / "spaces/cifar10.py")

@@ -6,7 +6,7 @@ import re
 
 import ray
 
-from hpo.search.options import StudyError
+from hpo.tuning.options import StudyError
 
 # Ray's refusal lists the cluster's versions, then this process's:
 # "Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.2\n..."

@@ -26,12 +26,13 @@ from rich.console import Console
 from hpo.data import Dataset
 from hpo.leaderboard import Leaderboard
 from hpo.progress import Progress, output_to
-from hpo.search.cluster import join_cluster
-from hpo.search.observer import StudyCallback
-from hpo.search.options import Plan, StudyError
-from hpo.search.placement import feasibility, probe, trial_resources
-from hpo.search.scheduler import Rungs
-from hpo.search.searcher import (
+from hpo.study import begin_study, busy_fraction, now, write_meta
+from hpo.tuning.cluster import join_cluster
+from hpo.tuning.observer import StudyCallback
+from hpo.tuning.options import Plan, StudyError
+from hpo.tuning.placement import feasibility, probe, trial_resources
+from hpo.tuning.scheduler import Rungs
+from hpo.tuning.searcher import (
     CONFIG,
     MAX_DUPLICATES_IN_A_ROW,
     REASON,
@@ -41,8 +42,7 @@ from hpo.search.searcher import (
     StudySearcher,
     open_study,
 )
-from hpo.search.trainable import train_trial
-from hpo.study import begin_study, busy_fraction, now, write_meta
+from hpo.tuning.trainable import train_trial
 
 EXPERIMENT = "ray"  # Tune's experiment folder in the study folder; trials in ray/trial-<n>
 

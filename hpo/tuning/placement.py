@@ -14,8 +14,8 @@ from hpo import train
 from hpo.data import Dataset
 from hpo.model import Infeasible
 from hpo.packing import Packer, device_bytes, predict_bytes
-from hpo.search.options import SearchOptions
 from hpo.space import Space, random_configs
+from hpo.tuning.options import SearchOptions
 
 GPUS_PER_TRIAL = 0.25  # with GPUs, when no measurement decides: four trials per GPU
 

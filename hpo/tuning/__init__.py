@@ -1,4 +1,4 @@
-"""The search driver: the only package that imports Ray (and only once a search starts).
+"""The search on Ray Tune: the only package that imports Ray (and only once a search starts).
 
 Optuna's TPE proposes configs (define-by-run over the space file), ASHA stops the weak ones
 at its rungs, Ray Tune runs the trials, and a callback keeps the leaderboard and the progress
@@ -21,12 +21,12 @@ import shutil
 import time
 from pathlib import Path
 
-from hpo.search.options import SearchOptions, StudyError, check_data, plan_search
+from hpo.tuning.options import SearchOptions, StudyError, check_data, plan_search
 
-__all__ = ["SearchOptions", "StudyError", "plan_search", "search"]
+__all__ = ["SearchOptions", "StudyError", "plan_search", "run_study"]
 
 
-def search(space: str | os.PathLike, options: SearchOptions, console=None) -> Path:
+def run_study(space: str | os.PathLike, options: SearchOptions, console=None) -> Path:
     """Run the study of `space` (a space file's path) under `options`, or continue it: the
     same folder, lock and resume as `hpo search`. Returns the study folder.
 
@@ -34,7 +34,7 @@ def search(space: str | os.PathLike, options: SearchOptions, console=None) -> Pa
     before anything is written; KeyboardInterrupt after Ctrl-C, once everything is saved.
 
     Example:
-        >>> folder = search("spaces/cifar10.py", SearchOptions(data="data/cifar10", trials=8))
+        >>> folder = run_study("spaces/cifar10.py", SearchOptions(data="data/cifar10", trials=8))
         >>> pandas.read_csv(folder / "leaderboard.csv").head()
     """
     plan = plan_search(space, options)  # before the imports below: a mistake costs little
@@ -57,7 +57,7 @@ def search(space: str | os.PathLike, options: SearchOptions, console=None) -> Pa
             check_data(plan, data.content)
         except DataError as exc:
             raise StudyError(str(exc)) from None
-        from hpo.search.driver import run_search  # torch and Ray, only now
+        from hpo.tuning.driver import run_search  # torch and Ray, only now
 
         try:
             return run_search(plan, data, console, data_s=time.time() - t0)

@@ -17,7 +17,7 @@ from hpo.files import write_json
 from hpo.leaderboard import Leaderboard
 from hpo.packing import Packer
 from hpo.progress import Progress
-from hpo.search.trainable import best_weights
+from hpo.tuning.trainable import best_weights
 
 
 class StudyCallback(tune.Callback):
