@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import stored_study
 
@@ -137,7 +138,13 @@ def test_an_epoch_budget_stops_the_run_and_the_same_command_continues(tmp_path, 
     first = pd.read_csv(study / "epochs.csv")
     # the trials the budget cut short wait, unfinished, for the next run
     stored = stored_study(study)
-    assert "RUNNING" in {t.state.name for t in stored.trials}
+    cut = [t for t in stored.trials if t.state.name == "RUNNING"]
+    assert cut, "the budget cut no trial short"
+    # the epoch of each cut trial's last checkpoint (tiny.py's rungs, at 1 and 2, checkpoint)
+    saved = {t.number: torch.load(Path(t.user_attrs["hpo_checkpoint"]) / "train.pt",
+                                  weights_only=True)["epoch"]
+             for t in cut if t.user_attrs.get("hpo_checkpoint")}
+    assert saved, "no trial was cut short after a checkpoint"
     meta = json.loads((study / "study.json").read_text())
     assert meta["finished"] is None and meta["runs"][0]["stopped_by"].startswith("the epoch")
 
@@ -148,6 +155,12 @@ def test_an_epoch_budget_stops_the_run_and_the_same_command_continues(tmp_path, 
     assert len(board) == 6 and set(board.status) <= {"completed", "stopped"}
     states = [t.state.name for t in stored_study(study).trials]
     assert "RUNNING" not in states
+    # a trial cut short after a checkpoint went on from it: Tune's record of the second run
+    # starts at the epoch after the checkpoint's
+    for number, epoch in saved.items():
+        reported = [json.loads(line)["epoch"] for line in
+                    (study / f"ray/trial-{number:04d}/result.json").read_text().splitlines()]
+        assert reported[0] == epoch + 1, (number, epoch, reported)
     # no epoch trained before the budget stopped the run was lost from the curves
     after = pd.read_csv(study / "epochs.csv")
     for _, row in first.iterrows():
