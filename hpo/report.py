@@ -174,6 +174,9 @@ def _header(ctx) -> str:
         "wall time": f"{fmt.value(round(wall))} s" + (f" ({fmt.duration(wall)})" if wall >= 60
                                                       else "") if wall else "not finished",
         "trials": f"{len(board)}: " + ", ".join(f"{counts[s]} {s}" for s in order),
+        "draws not run": (f"{meta.get('rejected', 0)} rejected before they became trials "
+                          "(could not be built, or would not fit the device); "
+                          f"{meta.get('duplicates', 0)} repeats of configs already run"),
         "busy": f"{busy:.0%} of the wall time computing" if busy is not None else "?",
         "time went to": _time_spent(meta.get("time")),
         "best trial": (f"{_named(best)} · {metric} {fmt.metric(best[metric])}" if best

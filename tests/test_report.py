@@ -71,7 +71,7 @@ def make_study(root: Path, name: str = "toy", n: int = 12) -> Path:
         "space": str(TINY), "data": "/data/<toy>", "fingerprint": "abc123", "options": {},
         "started": pd.Timestamp(STARTED, unit="s", tz="UTC").isoformat(),
         "finished": pd.Timestamp(clock, unit="s", tz="UTC").isoformat(),
-        "wall_s": clock - STARTED, "busy_fraction": 0.8,
+        "wall_s": clock - STARTED, "busy_fraction": 0.8, "rejected": 7, "duplicates": 1,
         "time": {"data_s": 3.0, "search_s": 50.0, "ray_start_s": 2.0, "idle_s": 10.0,
                  "train_s": 70.0, "eval_s": 5.0, "trial_other_s": 4.0},
         "best": best and {"trial_id": best["trial_id"], "val_acc": best["val_acc"]}})
@@ -108,6 +108,7 @@ def test_sections_header_and_escaping(report):
                     "Slices of the most important dimensions", "Leaderboard (top 15)",
                     "Final test results"):
         assert f"<h2>{heading}</h2>" in html
+    assert "7 rejected before they became trials" in html and "1 repeats" in html
     assert "12: 8 completed, 3 stopped, 1 infeasible" in html
     assert "fingerprint abc123" in html and "/data/&lt;toy&gt;" in html
     assert "no trial computing 10 s of 50 s" in html and "training 70, evaluation 5" in html
