@@ -96,8 +96,8 @@ def run_search(plan: Plan, data: Dataset, console: Console | None = None,
         busy = busy_fraction(callback.intervals, t0, t1)
         meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1),
                     busy_fraction=round(busy, 4),
-                    rejected=meta.get("rejected", 0) + searcher.rejected,
-                    duplicates=meta.get("duplicates", 0) + searcher.duplicates)
+                    rejected=record.rejected + searcher.rejected,
+                    duplicates=record.duplicates + searcher.duplicates)
         meta["time"] = {"data_s": round(data_s, 2), **callback.time_spent(t0, t1, busy)}
         best = board.best()
         if best:

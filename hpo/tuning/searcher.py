@@ -265,7 +265,7 @@ class StudySearcher(Searcher):
         if done.state == TrialState.COMPLETE:
             self.study.tell(trial, done.values)  # its result, reused
         elif done.state == TrialState.PRUNED:
-            for step, value in done.intermediate_values.items():
+            for step, value in done.intermediate_values.items():  # none with two objectives
                 trial.report(value, step)
             if done.constraints.get(CONSTRAINT, 0) > 0:
                 trial.set_constraint(CONSTRAINT, done.constraints[CONSTRAINT])
