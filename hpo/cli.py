@@ -28,6 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_search(args) -> int:
     """Search a space file; results go to results/<study>/."""
+    from hpo.backbone import check_weights
     from hpo.search import SearchOptions, StudyError, run_search
 
     options = SearchOptions(
@@ -38,9 +39,12 @@ def cmd_search(args) -> int:
         fraction=args.fraction, address=args.address, storage_path=args.storage_path,
         fresh=args.fresh, storage=args.storage,
         num_cpus=args.num_cpus,
-        concurrency=args.concurrency, seed=args.seed, results=Path(args.results))
+        concurrency=args.concurrency, seed=args.seed, results=Path(args.results),
+        weights_dir=args.weights_dir)
     try:
-        study = run_search(load_space(args.space), options)
+        space = load_space(args.space)
+        check_weights(space=space, weights_dir=args.weights_dir)  # before Ray starts
+        study = run_search(space, options)
     except (SpaceError, StudyError) as exc:
         return _fail(exc)
     if args.final and (study / "best.json").is_file():
@@ -56,6 +60,7 @@ def cmd_search(args) -> int:
 
 def cmd_train(args) -> int:
     """Retrain a config on train + validation for its full epochs, test once per seed."""
+    from hpo.backbone import check_weights
     from hpo.data import load_dataset
     from hpo.final import retrain
     from hpo.study import load_study_data
@@ -74,6 +79,7 @@ def cmd_train(args) -> int:
         data = load_dataset(args.data, fraction=args.fraction or 1.0)
         out = Path(args.out or Path("results") / f"final-{target.stem}")
         jobs = [("best", json.loads(target.read_text()))]
+    check_weights([config for _, config in jobs], args.weights_dir)
     for name, config in jobs:
         if args.epochs:
             config = {**config, "epochs": args.epochs}
@@ -128,6 +134,8 @@ def cmd_export(args) -> int:
 
 def cmd_show(args) -> int:
     """Print a space file's dimensions and its starting points with their sizes."""
+    import torch
+
     from hpo.config import complete
     from hpo.model import Infeasible, build_model, count_parameters
 
@@ -148,13 +156,15 @@ def cmd_show(args) -> int:
                    f"{args.classes} classes)", header_style="bold")
     points.add_column("name")
     points.add_column("trainable parameters", justify="right")
+    points.add_column("total parameters", justify="right")
     for name in space.starting_points:
         try:
-            model = build_model(complete(space.point(name)), shape, args.classes)
-            n = f"{count_parameters(model):,}"
+            with torch.device("meta"):  # sizes only: no memory, no pretrained weights read
+                model = build_model(complete(space.point(name)), shape, args.classes)
+            sizes = (count_parameters(model), sum(p.numel() for p in model.parameters()))
+            points.add_row(name, *(f"{n:,}" for n in sizes))
         except Infeasible as exc:
-            n = f"infeasible: {exc}"
-        points.add_row(name, n)
+            points.add_row(name, f"infeasible: {exc}", "")
     console.print(points)
     return 0
 
@@ -172,6 +182,11 @@ def _fmt(v) -> str:
 def _fail(exc: Exception) -> int:
     print(f"hpo: error: {exc}", file=sys.stderr)
     return 2
+
+
+def _weights_dir_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights-dir", help="folder of pretrained backbones' weights files, as "
+                   "torchvision names them (default: torchvision's cache under $TORCH_HOME)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final", action="store_true",
                    help="then retrain the best config on train + val and test it (hpo train)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the final retrain (default 3)")
+    _weights_dir_argument(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
@@ -221,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, help="train on a fixed-seed fraction")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--out", help="output folder (default: <study>/final)")
+    _weights_dir_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__)

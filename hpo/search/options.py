@@ -37,6 +37,7 @@ class SearchOptions:
     concurrency: int | None = None
     seed: int = 0
     results: Path = Path("results")
+    weights_dir: str | None = None  # pretrained backbones' weights (hpo/backbone.py)
 
 
 def prepare(space: Space, options: SearchOptions) -> tuple[Space, Dataset, Path]:
