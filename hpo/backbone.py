@@ -34,6 +34,7 @@ from torch import nn
 
 from hpo.config import SCHEMA
 from hpo.model import Infeasible
+from hpo.space import Choice
 
 WEIGHTS_ENV = "HPO_WEIGHTS_DIR"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -199,9 +200,12 @@ def prepare_input(x: torch.Tensor, config: Mapping[str, Any], mean: torch.Tensor
     size = config["input_size"]
     if size and tuple(x.shape[-2:]) != (size, size):
         # normalised first: a per-channel affine map commutes with interpolation and costs
-        # less before an enlargement
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=size < max(x.shape[-2:]))
+        # less before an enlargement. Antialiased shrinking has no bf16 kernel on some
+        # backends (the CPU's), so it runs in fp32 there.
+        shrink = size < max(x.shape[-2:])
+        work = x.float() if shrink and x.dtype not in (torch.float32, torch.float64) else x
+        x = F.interpolate(work, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=shrink).to(x.dtype)
     return x
 
 
@@ -256,8 +260,6 @@ def missing_message(name: str) -> str:
 def pretrained_backbones(configs: Iterable[Mapping[str, Any]] = (), space=None) -> set[str]:
     """The backbones whose pretrained weights `configs`, or any config `space` may draw or
     start from, need."""
-    from hpo.space import Choice
-
     configs = list(configs)
     if space is not None:
         configs += [space.point(n) for n in space.starting_points]

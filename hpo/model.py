@@ -63,7 +63,7 @@ def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
     network, cut and frozen as it says (hpo/backbone.py), under the same head.
     """
     if config.get("backbone", "none") != "none":
-        from hpo.backbone import build_body  # torchvision only for the configs that use it
+        from hpo.backbone import build_body  # here: hpo.backbone imports this module
 
         body, (channels, h, w) = build_body(config, in_shape)
         return nn.Sequential(body, *head_layers(config, channels, h, w, num_classes))

@@ -182,6 +182,10 @@ def test_pretrained_inputs_are_resized_and_take_imagenets_statistics():
     assert x.shape == (2, 3, 48, 48)
     expected = (0.2 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(x[0, :, 10, 10], expected, atol=1e-5)
+    # shrunk in bf16, as batches are made on a GPU
+    small = preprocess(grey, dev, {**config, "input_size": 20}, torch.bfloat16)
+    assert small.shape == (2, 3, 20, 20) and small.dtype == torch.bfloat16
+    assert torch.allclose(small[0, :, 5, 5].float(), expected, atol=2e-2)
 
 
 def test_packing_counts_frozen_weights_once_and_the_larger_inputs():
