@@ -58,6 +58,18 @@ def warmup_slice(data: Dataset, images: int) -> Dataset:
                                fingerprint=data.fingerprint + "-warmup")
 
 
+def parse_run_options(p, argv: list[str] | None, small: dict, full: dict):
+    """Add --device and --json to the parser `p`, parse `argv` with the options left unset
+    taken from the --small form or the full run, and note the load average first:
+    (args, the device, the 1-minute load average before the run)."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", metavar="PATH", help="also write the figures here as JSON")
+    args = p.parse_args(argv)
+    fill_defaults(args, small, full)
+    # others' jobs on a shared machine skew every figure: each says what load it saw
+    return args, torch.device(args.device), os.getloadavg()[0]
+
+
 def fill_defaults(args, small: dict, full: dict) -> None:
     """Options left unset take the --small form's value, or the full run's."""
     for key, value in (small if args.small else full).items():

@@ -37,8 +37,8 @@ from common import (
     DEFAULT_DATA,
     NETS,
     bench_config,
-    fill_defaults,
     machine,
+    parse_run_options,
     provenance,
     warmup_slice,
 )
@@ -122,16 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
                    "--small 0.02)")
     p.add_argument("--batch-size", type=int, help="default 512; --small 64")
     p.add_argument("--warmup", type=int, help="untimed steps per process (default 3; --small 1)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait at the barrier")
     p.add_argument("--small", action="store_true",
                    help="CPU smoke form: fraction 0.02, batch 64, k 1 2, 1 epoch, 1 warm-up "
                         "step (explicit options win)")
-    p.add_argument("--json", metavar="PATH", help="also write the figures here as JSON")
-    args = p.parse_args(argv)
-    fill_defaults(args, SMALL, FULL)
-    load_before = os.getloadavg()[0]  # others' jobs on a shared machine skew every figure
-    device = torch.device(args.device)
+    args, device, load_before = parse_run_options(p, argv, SMALL, FULL)
     data = load_dataset(args.data, fraction=args.fraction)  # decodes once; children hit the cache
     config = bench_config(args.net, args.batch_size, epochs=args.epochs)
     print(f"machine: {machine(device)}\ntorch:   {torch.__version__}\n"

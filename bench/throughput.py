@@ -24,14 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_DATA, NETS, bench_config, fill_defaults, provenance, warmup_slice
+from common import (
+    DEFAULT_DATA,
+    NETS,
+    bench_config,
+    parse_run_options,
+    provenance,
+    warmup_slice,
+)
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -133,15 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, help="default 512; --small: 64")
     p.add_argument("--workers", type=int, help="DataLoader workers (default 8; --small: 2)")
     p.add_argument("--warmup", type=int, help="untimed steps per path (default 3; --small 1)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--small", action="store_true", help="CPU smoke form: fraction 0.02, "
                    "2 workers, batch 64, 1 warm-up step (explicit options win)")
-    p.add_argument("--json", metavar="PATH", help="also write the figures here as JSON")
-    args = p.parse_args(argv)
-    fill_defaults(args, SMALL, FULL)
-
-    load_before = os.getloadavg()[0]  # others' jobs on a shared machine skew every figure
-    device = torch.device(args.device)
+    args, device, load_before = parse_run_options(p, argv, SMALL, FULL)
     data = load_dataset(args.data, fraction=args.fraction).without_test()
     config = bench_config(args.net, args.batch_size)
     params = count_parameters(build_model(config, data.image_shape, data.num_classes))

@@ -73,7 +73,8 @@ def cmd_search(args) -> int:
         storage_path=args.storage_path, fresh=args.fresh, num_cpus=args.num_cpus,
         concurrency=args.concurrency, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, epoch_budget=args.epoch_budget,
-        time_budget=args.time_budget and args.time_budget * 60, results=Path(args.results))
+        time_budget=args.time_budget and args.time_budget * 60, results=Path(args.results),
+        weights_dir=args.weights_dir)
     study = run_study(args.space, options)
     console = _console()
     if args.final and (study / "best.json").is_file():
@@ -108,6 +109,12 @@ def cmd_train(args) -> int:
         raise ValueError(f"{target}: no such config file or study folder")
     if args.data and not Path(args.data).exists() and not args.data.startswith("torchvision:"):
         raise ValueError(f"{args.data}: does not exist (--data)")
+    from hpo.weights import check_weights
+
+    if target.is_dir():
+        check_weights([space.point(n) for n in args.point] or [best], args.weights_dir)
+    else:
+        check_weights([config], args.weights_dir)
 
     from hpo.data import load_dataset
     from hpo.final import retrain
@@ -172,6 +179,7 @@ def cmd_show(args) -> int:
     from hpo.space import load_space
 
     space = load_space(args.space)  # first: a wrong path is told before torch is imported
+    import torch
     from rich.table import Table
 
     from hpo.config import complete
@@ -194,13 +202,15 @@ def cmd_show(args) -> int:
                    f"{args.classes} classes)", header_style="bold")
     points.add_column("name")
     points.add_column("trainable parameters", justify="right")
+    points.add_column("total parameters", justify="right")
     for name in space.starting_points:
         try:
-            model = build_model(complete(space.point(name)), shape, args.classes)
-            n = f"{count_parameters(model):,}"
+            with torch.device("meta"):  # sizes only: no memory, no pretrained weights read
+                model = build_model(complete(space.point(name)), shape, args.classes)
+            sizes = (count_parameters(model), sum(p.numel() for p in model.parameters()))
+            points.add_row(name, *(f"{n:,}" for n in sizes))
         except Infeasible as exc:
-            n = f"infeasible: {exc}"
-        points.add_row(name, n)
+            points.add_row(name, f"infeasible: {exc}", "")
     console.print(points)
     return 0
 
@@ -231,6 +241,11 @@ def _fail(exc: BaseException) -> int:
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     print(f"hpo: error: {lines[0]}", file=sys.stderr)
     return 2
+
+
+def _weights_dir_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights-dir", help="folder of pretrained backbones' weights files, as "
+                   "torchvision names them (default: torchvision's cache under $TORCH_HOME)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then retrain the best config on train + val and test it (hpo train)")
     p.add_argument("--seeds", type=POSITIVE, default=3,
                    help="seeds of the final retrain (default 3)")
+    _weights_dir_argument(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
@@ -304,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=_real(0, 1), help="train on a fixed-seed fraction")
     p.add_argument("--epochs", type=POSITIVE, help="override the config's epochs")
     p.add_argument("--out", help="output folder (default: <study>/final)")
+    _weights_dir_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__,

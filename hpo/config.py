@@ -13,6 +13,10 @@ from typing import Any, Mapping
 
 MAX_STAGES = 5
 MAX_DENSE = 3
+# torchvision networks a config may start from (hpo/backbone.py says how each is cut in stages)
+BACKBONES = ("resnet18", "resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large",
+             "convnext_tiny")
+BACKBONE_STAGES = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,13 @@ SCHEMA: dict[str, Key] = {
     "dense_#": _int(256, 1, 8192),
     "dense_bn": Key(False, choices=BOOL),
     "dropout_head": _float(0.0, 0.0, 0.6),  # after each dense layer
+    # a pretrained torchvision network in place of the stages above (hpo/backbone.py)
+    "backbone": Key("none", choices=("none", *BACKBONES)),
+    "pretrained": Key(True, choices=BOOL),  # ImageNet weights, else a random start
+    "cut": _int(BACKBONE_STAGES, 1, BACKBONE_STAGES),  # stages kept, from the input
+    "frozen": _int(BACKBONE_STAGES, 0, BACKBONE_STAGES),  # stages frozen; >= cut: all
+    "backbone_lr": _float(1.0, 0.0, 10.0, positive=True),  # x lr for its unfrozen stages
+    "input_size": _int(0, 0, 1024),  # images resized on the device per batch; 0: as decoded
     # augmentation, applied per sample on the device; 0 or False means off
     "aug_flip": Key(False, choices=BOOL),
     "aug_crop": _int(0, 0, 16),  # pixels of padding before the random crop
@@ -113,6 +124,11 @@ SCHEMA: dict[str, Key] = {
 # Keys a config may carry that no trial reads: the starting point's name.
 LABELS = ("point",)
 
+# Keys only a config with a backbone has, and keys only hpo's own stages read (dropped then).
+BACKBONE_KEYS = ("pretrained", "cut", "frozen", "backbone_lr", "input_size")
+STAGE_KEYS = ("stages", "convs_#", "width", "growth", "width_#", "width_#_#", "kernel",
+              "padding", "pool", "pool_last", "residual", "conv_bias", "dropout_#")
+
 
 def schema_key(name: str) -> str:
     """The SCHEMA entry for a concrete key: 'width_2_1' -> 'width_#_#'."""
@@ -139,17 +155,30 @@ def complete(config: Mapping[str, Any]) -> dict[str, Any]:
     """Fill every key `config` leaves out with its default, for the stages and layers it uses.
 
     Keys for stages beyond `stages` (or dense layers beyond `dense_layers`) are dropped, so the
-    result holds exactly what determines the trial.
+    result holds exactly what determines the trial. A config with a `backbone` other than
+    "none" has the backbone's keys instead of the stage keys; without one it has neither
+    (`backbone` itself only when given), so configs from before backbones are unchanged.
     """
-    out = {k: v.default for k, v in SCHEMA.items() if "#" not in k}
+    out = {k: v.default for k, v in SCHEMA.items()
+           if "#" not in k and k != "backbone" and k not in BACKBONE_KEYS}
     out.update({k: v for k, v in config.items() if "#" not in schema_key(k)})
+    if out.get("backbone", "none") != "none":
+        out = {k: v for k, v in out.items() if schema_key(k) not in STAGE_KEYS}
+        out.update({k: SCHEMA[k].default for k in BACKBONE_KEYS if k not in out})
+        return _complete_dense(out, config)
+    out = {k: v for k, v in out.items() if k not in BACKBONE_KEYS}
     for s in range(1, out["stages"] + 1):
         for key in ("convs", "dropout"):
             out[f"{key}_{s}"] = config.get(f"{key}_{s}", SCHEMA[f"{key}_#"].default)
-    for i in range(1, out["dense_layers"] + 1):
-        out[f"dense_{i}"] = config.get(f"dense_{i}", SCHEMA["dense_#"].default)
+    _complete_dense(out, config)
     for name, value in config.items():
         idx = [int(n) for n in re.findall(r"_(\d+)", name)]
         if name.startswith("width_") and idx and idx[0] <= out["stages"]:
             out[name] = value
+    return out
+
+
+def _complete_dense(out: dict[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    for i in range(1, out["dense_layers"] + 1):
+        out[f"dense_{i}"] = config.get(f"dense_{i}", SCHEMA["dense_#"].default)
     return out

@@ -1,4 +1,5 @@
-"""Build a CNN from a config: stages of convs, optional pooling, then a head of dense layers.
+"""Build a CNN from a config: stages of convs, optional pooling, then a head of dense layers;
+or a torchvision backbone (hpo/backbone.py) under the same head.
 
 Every architecture the reports tuned by hand is one config here (spaces/cifar10.py lists them).
 """
@@ -67,8 +68,14 @@ def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
     """An nn.Sequential for inputs of shape `in_shape` = (C, H, W) and `num_classes` outputs.
 
     Raises Infeasible when the stack of valid convs and pools would shrink the image
-    below what the next layer needs.
+    below what the next layer needs. A config with a `backbone` gets that torchvision
+    network, cut and frozen as it says (hpo/backbone.py), under the same head.
     """
+    if config.get("backbone", "none") != "none":
+        from hpo.backbone import build_body  # here: hpo.backbone imports this module
+
+        body, (channels, h, w) = build_body(config, in_shape)
+        return nn.Sequential(body, *head_layers(config, channels, h, w, num_classes))
     channels, h, w = in_shape
     k, valid, bn = config["kernel"], config["padding"] == "valid", config["bn"]
     act, bias = config["activation"], config["conv_bias"]
@@ -105,22 +112,29 @@ def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
                 h, w = h // 2, w // 2
         if config[f"dropout_{s}"] > 0:
             layers.append(nn.Dropout(config[f"dropout_{s}"]))
+    return nn.Sequential(*layers, *head_layers(config, channels, h, w, num_classes))
+
+
+def head_layers(config: Mapping[str, Any], channels: int, h: int, w: int,
+                num_classes: int) -> list[nn.Module]:
+    """The classifier on a `channels` x `h` x `w` feature map: global average pooling or
+    flatten, the dense layers, then the output layer."""
     if config["head"] == "gap":
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         features = channels
     else:
-        layers.append(nn.Flatten())
+        layers = [nn.Flatten()]
         features = channels * h * w
-    dense_bn = bn if config["dense_bn"] else "none"
+    dense_bn = config["bn"] if config["dense_bn"] else "none"
     for i in range(1, config["dense_layers"] + 1):
         width = config[f"dense_{i}"]
         layers.append(nn.Linear(features, width))
-        _norm_act(layers, dense_bn, width, act, nn.BatchNorm1d)
+        _norm_act(layers, dense_bn, width, config["activation"], nn.BatchNorm1d)
         if config["dropout_head"] > 0:
             layers.append(nn.Dropout(config["dropout_head"]))
         features = width
     layers.append(nn.Linear(features, num_classes))
-    return nn.Sequential(*layers)
+    return layers
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from hpo.backbone import eval_batch, frozen_modules, input_shape
 from hpo.data import Dataset
 from hpo.model import Infeasible, build_model
 from hpo.train import EVAL_BATCH
@@ -30,30 +31,37 @@ def predict_bytes(config: Mapping[str, Any], image_shape: tuple[int, int, int],
     """An uncalibrated count of the bytes training `config` holds beyond the dataset: every
     leaf module's output at the config's batch size in bf16 (what backward keeps), or an
     evaluation batch's largest layers if more, and fp32 weights, gradients and optimizer
-    state. Built on the meta device: no memory, milliseconds.
+    state. A backbone's frozen stages keep no activations (their largest output is alive
+    for a moment) and have fp32 weights only; its batches are counted at its input size.
+    Built on the meta device: no memory, milliseconds.
     Raises Infeasible for a config that cannot be built."""
     # eval mode and no autograd: the same output shapes, and BatchNorm's training path on the
     # meta device costs seconds (Python decompositions), eval's a few milliseconds
     with torch.device("meta"), torch.no_grad():
         model = build_model(config, image_shape, num_classes).eval()
+        frozen = {id(m) for stage in frozen_modules(model) for m in stage.modules()}
         sizes: list[int] = []
+        transient: list[int] = []  # outputs of frozen layers: computed without autograd
 
         def count(module: nn.Module, args, output) -> None:
             if isinstance(output, torch.Tensor):
-                sizes.append(output.numel())
+                (transient if id(module) in frozen else sizes).append(output.numel())
 
         hooks = [m.register_forward_hook(count) for m in model.modules()
                  if not any(True for _ in m.children())]
-        model(torch.empty(config["batch_size"], *image_shape))
+        model(torch.empty(config["batch_size"], *input_shape(config, image_shape)))
         for hook in hooks:
             hook.remove()
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fixed = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     slots = _STATE_SLOTS.get(config["optimizer"], 1 if config.get("momentum") else 0)
-    training = sum(sizes)
-    # evaluation keeps no activations for backward, but runs batches of EVAL_BATCH: a layer's
-    # input and output (and a temporary) are alive at once
-    evaluation = 3 * max(sizes, default=0) * EVAL_BATCH // config["batch_size"]
-    return 2 * max(training, evaluation) + 4 * params * (2 + slots)
+    training = sum(sizes) + 2 * max(transient, default=0)
+    # evaluation keeps no activations for backward, but runs batches of EVAL_BATCH (fewer
+    # for a backbone's larger inputs): a layer's input and output (and a temporary) are
+    # alive at once
+    evaluation = (3 * max(sizes + transient, default=0)
+                  * eval_batch(config, image_shape, EVAL_BATCH) // config["batch_size"])
+    return 2 * max(training, evaluation) + 4 * params * (2 + slots) + 4 * fixed
 
 
 def device_bytes(data: Dataset) -> int:

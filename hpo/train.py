@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpo import features
 from hpo.augment import augment
+from hpo.backbone import eval_batch, param_groups, prepare_input, uses_backbone
 from hpo.data import Dataset, channel_stats
 from hpo.model import Infeasible, build_model, count_parameters
 
@@ -70,7 +72,7 @@ def to_device(data: Dataset, device: torch.device) -> DeviceData:
 def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
     """The optimizer a config names, with its learning rate and weight decay."""
     name, lr, wd = config["optimizer"], config["lr"], config["weight_decay"]
-    params = model.parameters()
+    params = param_groups(model, config)
     if name == "sgd":
         momentum = config["momentum"]
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
@@ -104,11 +106,16 @@ def lr_factor(config: Mapping[str, Any], step: int, steps_per_epoch: int) -> flo
 
 def preprocess(x: torch.Tensor, dev: DeviceData, config: Mapping[str, Any], dtype: torch.dtype,
                generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
-    """uint8 images -> augmented (when `train`), normalised float batch in `dtype`."""
+    """uint8 images -> augmented (when `train`), normalised float batch in `dtype` (resized
+    for a backbone); float input is features a frozen backbone made (hpo.features) as is."""
+    if x.is_floating_point():
+        return x.to(dtype)
     x = x.to(dtype) / 255
     if train:
         x = augment(x, config, generator)
-    if config["normalize"]:
+    if uses_backbone(config):
+        x = prepare_input(x, config, dev.mean, dev.std)
+    elif config["normalize"]:
         x = (x - dev.mean.to(dtype)) / dev.std.to(dtype)
     if x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -123,11 +130,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: DeviceData
     loss = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     cuda = x.is_cuda
-    for i in range(0, len(x), EVAL_BATCH):
-        xb = preprocess(x[i : i + EVAL_BATCH], dev, config, torch.float32)
+    step = EVAL_BATCH if x.is_floating_point() else eval_batch(config, x.shape[1:], EVAL_BATCH)
+    for i in range(0, len(x), step):
+        xb = preprocess(x[i : i + step], dev, config, torch.float32)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
             out = model(xb).float()
-        yb = y[i : i + EVAL_BATCH]
+        yb = y[i : i + step]
         loss += F.cross_entropy(out, yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
     n = max(1, len(x))
@@ -241,6 +249,10 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model, optimizer, criterion, dtype = setup_training(model, config, device)
+    # a frozen backbone's features, computed once: then only the head (`net`) runs per batch
+    net, dev, source = features.attach(model, dev, config, dtype, data.fingerprint)
+    if source:
+        base["features"] = source
     n = len(dev.x_train)
     batch = min(config["batch_size"], n)
     steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm needs > 1 sample
@@ -266,7 +278,7 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
                 "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None}
 
     for epoch in range(first, config["epochs"] + 1):
-        model.train()
+        net.train()
         if cuda:
             torch.cuda.synchronize()
         t_start, t0 = time.time(), time.perf_counter()
@@ -279,14 +291,14 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
             # accumulate on the device: a .item() per step would sync the GPU every batch
-            total += train_step(model, optimizer, criterion, xb, dev.y_train[idx])
+            total += train_step(net, optimizer, criterion, xb, dev.y_train[idx])
             step += 1
         train_loss = total.item() / steps_per_epoch
         seconds = time.perf_counter() - t0  # .item() above synchronised the device
         if not math.isfinite(train_loss):
             return stop("diverged", f"training loss became {train_loss} in epoch {epoch}",
                         epoch=epoch, train_loss=train_loss)
-        val_loss, val_acc = evaluate(model, dev.x_val, dev.y_val, dev, config)
+        val_loss, val_acc = evaluate(net, dev.x_val, dev.y_val, dev, config)
         if config["schedule"] == "plateau":
             # ReduceLROnPlateau on validation loss, counted in epochs (on the training loss
             # in a final retrain, which has no validation split)

@@ -157,6 +157,11 @@ def cases(tmp: Path, tiny: Path) -> list[tuple[list, str]]:
                                                  "the ones this study searched"),
         (["search", TINY, "--data", tiny, "--results", f["afile"]],
          "afile: is a file, not a folder"),
+        # pretrained weights that are not there
+        (["search", ROOT / "spaces/transfer.py", "--data", tiny, "--weights-dir", f["nodata"]],
+         "pretrained weights convnext_tiny-983f1562.pth are not in"),
+        (["search", ROOT / "spaces/transfer.py", "--data", tiny, "--weights-dir",
+          tmp / "noweights"], "--weights-dir " + str(tmp / "noweights") + ": no such folder"),
         # configs and study folders given to the other commands
         (["train", f["empty.json"], "--data", tiny], "empty.json: the config file is empty"),
         (["train", f["notjson.json"], "--data", tiny], "notjson.json: not valid JSON (line 1"),

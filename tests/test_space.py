@@ -20,9 +20,11 @@ def test_every_space_file_loads_and_samples_valid_configs(path):
         check_config(config)
         # the budget of the space bounds every trial
         assert config["epochs"] <= space.max_epochs
-        # per-stage keys exist exactly for the stages the config has
-        assert all(f"convs_{s}" in config for s in range(1, config["stages"] + 1))
-        assert f"convs_{config['stages'] + 1}" not in config
+        # per-stage keys exist exactly for the stages the config has (none with a backbone)
+        stages = config.get("stages", 0)
+        assert ("stages" in config) == (config.get("backbone", "none") == "none")
+        assert all(f"convs_{s}" in config for s in range(1, stages + 1))
+        assert f"convs_{stages + 1}" not in config
     for name in space.starting_points:
         check_config(space.point(name))
 

@@ -13,8 +13,9 @@ from hpo.tuning.options import StudyError
 _VERSIONS = re.compile(r"Ray: (\S+)\s+Python: (\S+)")
 
 
-def join_cluster(address: str) -> None:
-    """Connect this process to the Ray cluster at `address` as its driver.
+def join_cluster(address: str, env: dict[str, str] | None = None) -> None:
+    """Connect this process to the Ray cluster at `address` as its driver; `env` is set in
+    every process of the job, on every node (Ray's runtime_env).
 
     Raises StudyError, one line naming both versions, when the cluster runs another Ray or
     Python than this process: Ray refuses such a driver with a message of several lines.
@@ -23,7 +24,8 @@ def join_cluster(address: str) -> None:
         >>> join_cluster("10.0.0.5:6379")
     """
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"env_vars": env} if env else None)
     except RuntimeError as exc:
         found = _VERSIONS.findall(str(exc))
         if not str(exc).startswith("Version mismatch") or len(found) != 2:

@@ -43,6 +43,7 @@ from hpo.tuning.searcher import (
     open_study,
 )
 from hpo.tuning.trainable import train_trial
+from hpo.weights import WEIGHTS_ENV
 
 EXPERIMENT = "ray"  # Tune's experiment folder in the study folder; trials in ray/trial-<n>
 
@@ -135,7 +136,9 @@ def _connect(options) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides, see _interruptible
     if options.address:
-        join_cluster(options.address)
+        # a shared --weights-dir reaches the trials on every node, not only this one's
+        join_cluster(options.address, {k: os.environ[k] for k in (WEIGHTS_ENV,)
+                                       if os.environ.get(k)})
     else:
         # "local": a new Ray of our own, even where `ray start` left one running
         ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False,

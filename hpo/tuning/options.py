@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hpo.lock import StudyLock
-from hpo.space import Space, SpaceError, load_space
+from hpo.space import Space, load_space
 from hpo.study import apply_options, choose_folder, read_meta
+from hpo.weights import check_weights
 
 CHECKPOINT_EVERY_S = 120.0  # the costliest checkpoint measured: ~1% of this; BENCHMARKS.md
 
@@ -52,6 +53,7 @@ class SearchOptions:
     keep_checkpoints: bool = False  # keep every trial's last checkpoint after it ends
     epoch_budget: int | None = None  # this run stops once its trials trained this many epochs
     time_budget: float | None = None  # ... or after this many seconds
+    weights_dir: str | None = None  # pretrained backbones' weights (hpo/weights.py)
     results: Path = Path("results")
 
 
@@ -64,7 +66,7 @@ IDENTITY = {"space": "the space file", "data": "--data (the images themselves)",
 # What a resume may change (README, "Nothing lost"); everything else is the identity above.
 MUTABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "trials_per_gpu",
            "num_cpus", "address", "storage_path", "checkpoint_every", "keep_checkpoints",
-           "epoch_budget", "time_budget")
+           "epoch_budget", "time_budget", "weights_dir")
 DEFAULTS = {"fraction": 1.0, "split_seed": 0, "seed": 0, "storage": None}
 
 
@@ -97,7 +99,8 @@ def plan_search(space_path: str | os.PathLike, options: SearchOptions) -> Plan:
     Reads, never writes; imports neither torch nor Ray."""
     try:
         space = load_space(space_path)
-    except SpaceError as exc:
+        check_weights(space=space, weights_dir=options.weights_dir)
+    except ValueError as exc:  # SpaceError, WeightsError
         raise StudyError(str(exc)) from None
     folder = choose_folder(options.results, options.name or space.name, options.fresh)
     held = StudyLock(folder).holder()
