@@ -153,3 +153,16 @@ def complete(config: Mapping[str, Any]) -> dict[str, Any]:
         if name.startswith("width_") and idx and idx[0] <= out["stages"]:
             out[name] = value
     return out
+
+
+def read_config(path) -> dict[str, Any]:
+    """The trial config in a JSON file, checked key by key; ValueError naming the file and
+    the key otherwise."""
+    from hpo.files import read_json_object
+
+    config = read_json_object(path, "config file")
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return config
