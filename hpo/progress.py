@@ -347,7 +347,7 @@ class _CellView:
         page = Console(file=io.StringIO(), record=True, width=self.width, color_system="standard",
                        force_terminal=True, force_jupyter=False)
         page.print(self.view)
-        return {"text/plain": page.export_text(styles=False),
+        return {"text/plain": page.export_text(clear=False),
                 "text/html": page.export_html(inline_styles=True, code_format=_CELL_HTML)}
 
     def refresh(self, force: bool = False) -> None:

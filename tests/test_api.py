@@ -106,8 +106,10 @@ def test_the_quickstart_notebook_runs(tmp_path, tiny_parquet, monkeypatch):
     search = next(cell for cell in outputs.values()
                   if any("hpo tiny  3/3 finished" in o.get("data", {}).get("text/plain", "")
                          for o in cell))
-    assert sum(o.output_type == "display_data" and "epoch" in o["data"]["text/plain"]
-               for o in search) == 1  # one live view, updated in place
+    views = [o for o in search if o.output_type == "display_data"
+             and "epoch" in o["data"]["text/plain"]]
+    assert len(views) == 1  # one live view, updated in place, its last frame kept
+    assert "3/3 finished" in views[0]["data"]["text/html"]
     assert "<table>" in search[-1]["data"]["text/html"]  # the Study's summary
     kinds = {k for cell in outputs.values() for o in cell for k in o.get("data", {})}
     assert "image/png" in kinds  # the curves
