@@ -1,12 +1,14 @@
 """hpo: hyperparameter search for image-classification CNNs (Optuna TPE + ASHA on Ray Tune).
 
-The pieces a user or a test calls directly; none of them imports Ray (the hpo.tuning package
-does). They load on first use, so `import hpo.space` or `hpo --help` does not import torch.
+The pieces a user or a test calls directly: `search`, `load` and `Study` for notebooks and
+scripts (hpo.api), and the parts a trial is made of. They load on first use, so `import hpo`,
+`import hpo.space` or `hpo --help` imports neither torch nor Ray (hpo.search starts Ray).
 """
 
 import importlib
 
-_HOMES = {"Dataset": "hpo.data", "load_dataset": "hpo.data",
+_HOMES = {"search": "hpo.api", "load": "hpo.api", "Study": "hpo.api",
+          "Dataset": "hpo.data", "load_dataset": "hpo.data",
           "read_leaderboard": "hpo.leaderboard", "build_model": "hpo.model",
           "count_parameters": "hpo.model", "load_space": "hpo.space", "run_trial": "hpo.train"}
 

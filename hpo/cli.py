@@ -9,7 +9,6 @@ second and changes nothing. Heavy imports therefore live inside the commands.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -29,35 +28,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-# -- option types: each names the allowed range in the one line argparse prints
-def _whole(low: int):
-    def parse(text: str) -> int:
+def _option(bound):
+    """An argparse type checking a value against `bound` (hpo.tuning.options.Bound): the
+    one line argparse prints names the allowed range, as hpo.search's error does."""
+    def parse(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
-        return value
+            return bound.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
-
-
-def _real(low: float, high: float = math.inf, low_open: bool = True):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (low < value if low_open else low <= value) or value > high or math.isnan(value):
-            span = f"in {'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf else (
-                f"above {low:g}" if low_open else f"{low:g} or more")
-            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
-        return value
-    return parse
-
-
-POSITIVE = _whole(1)
-NON_NEGATIVE = _whole(0)
 
 
 def cmd_search(args) -> int:
@@ -74,65 +53,50 @@ def cmd_search(args) -> int:
         concurrency=args.concurrency, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, epoch_budget=args.epoch_budget,
         time_budget=args.time_budget and args.time_budget * 60, results=Path(args.results),
-        weights_dir=args.weights_dir)
+        weights_dir=args.weights_dir, log=tuple(dict.fromkeys(args.log)),
+        wandb_project=args.wandb_project, verbose=args.verbose)
     study = run_study(args.space, options)
     console = _console()
     if args.final and (study / "best.json").is_file():
-        from hpo.final import retrain
-        from hpo.study import load_study_data
+        from hpo.api import Study
 
-        _, data = load_study_data(study)
-        config = _config_file(study / "best.json")
-        retrain(config, data, range(args.seeds), study / "final", "best", console)
+        Study(study).train(args.seeds, console=console)
     console.print(f"next: hpo leaderboard {study}   ·   hpo export {study} --rank 1 -o best.json")
     return 0
 
 
 def cmd_train(args) -> int:
     """Retrain a config on train + validation for its full epochs, test once per seed."""
+    from hpo.config import read_config
+    from hpo.tuning.options import check_data_path
+
     target = Path(args.target)
     if target.is_dir():
-        from hpo.study import load_study_space
+        from hpo.api import Study
 
-        _study_folder(target)
-        space = load_study_space(target)
-        unknown = [n for n in args.point if n not in space.starting_points]
-        if unknown:
-            raise ValueError(f"{target}: no starting point {unknown[0]!r} in its space "
-                             f"(it has: {', '.join(space.starting_points) or 'none'})")
-        best = None if args.point else _config_file(target / "best.json")
-    elif target.suffix == ".json" or target.is_file():
-        config = _config_file(target)
+        Study(target).train(args.seeds, args.point, data=args.data, fraction=args.fraction,
+                            epochs=args.epochs, out=args.out, weights_dir=args.weights_dir,
+                            console=_console())
+        return 0
+    if target.suffix == ".json" or target.is_file():
+        config = read_config(target)
         if not args.data:
             raise ValueError(f"{target}: pass --data for a config outside a study")
     else:
         raise ValueError(f"{target}: no such config file or study folder")
-    if args.data and not Path(args.data).exists() and not args.data.startswith("torchvision:"):
-        raise ValueError(f"{args.data}: does not exist (--data)")
+    check_data_path(args.data)
     from hpo.weights import check_weights
 
-    if target.is_dir():
-        check_weights([space.point(n) for n in args.point] or [best], args.weights_dir)
-    else:
-        check_weights([config], args.weights_dir)
+    check_weights([config], args.weights_dir)
 
     from hpo.data import load_dataset
     from hpo.final import retrain
-    from hpo.study import load_study_data
 
-    console = _console()
-    if target.is_dir():
-        space, data = load_study_data(target, args.data, args.fraction)
-        out = Path(args.out or target / "final")
-        jobs = [(n, space.point(n)) for n in args.point] or [("best", best)]
-    else:
-        data = load_dataset(args.data, fraction=args.fraction or 1.0)
-        out = Path(args.out or Path("results") / f"final-{target.stem}")
-        jobs = [("best", config)]
-    for name, config in jobs:
-        if args.epochs:
-            config = {**config, "epochs": args.epochs}
-        retrain(config, data, range(args.seeds), out, name, console)
+    data = load_dataset(args.data, fraction=args.fraction or 1.0)
+    if args.epochs:
+        config = {**config, "epochs": args.epochs}
+    retrain(config, data, range(args.seeds), Path(args.out or Path("results") /
+                                                   f"final-{target.stem}"), "best", _console())
     return 0
 
 
@@ -151,7 +115,9 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_report(args) -> int:
     """Write results/<study>/report.html: curves, importances, Pareto front, final results."""
-    _study_folder(Path(args.study))
+    from hpo.study import check_study_folder
+
+    check_study_folder(Path(args.study))
     from hpo.report import write_report
 
     _console().print(f"report → {write_report(args.study)}")
@@ -215,28 +181,6 @@ def cmd_show(args) -> int:
     return 0
 
 
-def _study_folder(folder: Path) -> None:
-    """Raise ValueError unless `folder` is a study folder (one `hpo search` made)."""
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: no such study folder")
-    if not (folder / "study.json").is_file() and not (folder / "leaderboard.csv").is_file():
-        raise ValueError(f"{folder}: not a study folder (no study.json or leaderboard.csv)")
-
-
-def _config_file(path: Path) -> dict:
-    """The trial config in a JSON file, checked key by key; ValueError naming the file and
-    the key otherwise."""
-    from hpo.config import check_config
-    from hpo.files import read_json_object
-
-    config = read_json_object(path, "config file")
-    try:
-        check_config(config)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return config
-
-
 def _fail(exc: BaseException) -> int:
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     print(f"hpo: error: {lines[0]}", file=sys.stderr)
@@ -249,7 +193,12 @@ def _weights_dir_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hpo.tuning.options import CHECKPOINT_EVERY_S
+    from hpo.tuning.options import BOUNDS, CHECKPOINT_EVERY_S, TRACKERS, Bound
+
+    def bounded(field: str):
+        return _option(BOUNDS[field])
+
+    POSITIVE, FRACTION = _option(Bound(1, whole=True)), bounded("fraction")
 
     parser = _Parser(prog="hpo", description="Hyperparameter search for image-classification "
                      "CNNs: Optuna TPE + ASHA on Ray Tune.")
@@ -260,37 +209,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset: a Parquet folder (Hugging Face layout), a torchvision "
                    "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders "
                    "(default: the space file's, or the study's on a resume)")
-    p.add_argument("--trials", type=POSITIVE, help="trials to run (overrides the space file); "
+    p.add_argument("--trials", type=bounded("trials"),
+                   help="trials to run (overrides the space file); "
                    "more than a finished study ran extends it")
-    p.add_argument("--max-epochs", type=POSITIVE, help="epochs of a full trial; ASHA's max_t")
-    p.add_argument("--grace-period", type=POSITIVE,
+    p.add_argument("--max-epochs", type=bounded("max_epochs"),
+                   help="epochs of a full trial; ASHA's max_t")
+    p.add_argument("--grace-period", type=bounded("grace_period"),
                    help="epochs before ASHA may stop a trial (1..max epochs)")
     p.add_argument("--name", help="study name (default: the space file's name); an existing "
                    "study of that name is resumed")
     p.add_argument("--fresh", action="store_true",
                    help="start over under a new name (<name>-2, ...) instead of resuming")
-    p.add_argument("--fraction", type=_real(0, 1),
+    p.add_argument("--fraction", type=FRACTION,
                    help="train on this fixed-seed fraction of the training set, in (0, 1], "
                         "for quick runs (default 1)")
-    p.add_argument("--split-seed", type=NON_NEGATIVE,
+    p.add_argument("--split-seed", type=bounded("split_seed"),
                    help="seed of the validation split and of --fraction (default 0)")
-    p.add_argument("--seed", type=NON_NEGATIVE, help="seed of the sampler (default 0)")
+    p.add_argument("--seed", type=bounded("seed"), help="seed of the sampler (default 0)")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://... for a cluster "
                    "(default: results/<study>/study.db)")
-    p.add_argument("--gpus-per-trial", type=_real(0, 64),
+    p.add_argument("--gpus-per-trial", type=bounded("gpus_per_trial"),
                    help="GPU fraction per trial (default: from each trial's predicted memory, "
                         "calibrated on the GPU)")
-    p.add_argument("--trials-per-gpu", type=POSITIVE, default=4,
+    p.add_argument("--trials-per-gpu", type=bounded("trials_per_gpu"), default=4,
                    help="at most this many trials share a GPU when hpo picks (default 4)")
-    p.add_argument("--cpus-per-trial", type=_real(0, 1024), default=1.0,
+    p.add_argument("--cpus-per-trial", type=bounded("cpus_per_trial"), default=1.0,
                    help="CPUs per trial (default 1)")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: local Ray")
     p.add_argument("--storage-path", help="where trials write results and checkpoints: a "
                    "path every node shares, or s3://... / gs://... (default: the study folder)")
-    p.add_argument("--num-cpus", type=POSITIVE, help="CPUs the local Ray may use (default: all)")
-    p.add_argument("--concurrency", type=POSITIVE,
+    p.add_argument("--num-cpus", type=bounded("num_cpus"),
+                   help="CPUs the local Ray may use (default: all)")
+    p.add_argument("--concurrency", type=bounded("concurrency"),
                    help="trials at once (default: as resources allow)")
-    p.add_argument("--checkpoint-every", type=_real(0, low_open=False),
+    p.add_argument("--checkpoint-every", type=bounded("checkpoint_every"),
                    default=CHECKPOINT_EVERY_S, metavar="SECONDS",
                    help="seconds of training between a trial's checkpoints (default "
                         f"{CHECKPOINT_EVERY_S:g}); it also checkpoints at each ASHA rung and at "
@@ -298,12 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every trial's last checkpoint after it ends (default: only the "
                         "best trial's weights, as best.pt)")
-    p.add_argument("--epoch-budget", type=POSITIVE, metavar="EPOCHS",
+    p.add_argument("--epoch-budget", type=bounded("epoch_budget"), metavar="EPOCHS",
                    help="stop this run once its trials have trained this many epochs in all "
                         "(the same command continues the study)")
-    p.add_argument("--time-budget", type=_real(0), metavar="MINUTES",
+    p.add_argument("--time-budget", type=bounded("time_budget"), metavar="MINUTES",
                    help="stop this run after this many minutes (the same command continues)")
     p.add_argument("--results", default="results", help="folder of study folders")
+    p.add_argument("--log", action="append", default=[], choices=list(TRACKERS),
+                   help="also log every trial's config and per-epoch metrics to this "
+                        "experiment tracker (repeatable): mlflow (MLFLOW_TRACKING_URI, default "
+                        "<results>/mlflow.db), wandb (--wandb-project or WANDB_PROJECT)")
+    p.add_argument("--wandb-project", help="the W&B project of --log wandb (default: "
+                   "WANDB_PROJECT)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's output on the terminal too (it always goes to "
+                        "results/<study>/ray.log)")
     p.add_argument("--final", action="store_true",
                    help="then retrain the best config on train + val and test it (hpo train)")
     p.add_argument("--seeds", type=POSITIVE, default=3,
@@ -317,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", action="append", default=[],
                    help="retrain this starting point of the study's space instead (repeatable)")
     p.add_argument("--data", help="dataset (default: the one the study searched)")
-    p.add_argument("--fraction", type=_real(0, 1), help="train on a fixed-seed fraction")
+    p.add_argument("--fraction", type=FRACTION, help="train on a fixed-seed fraction")
     p.add_argument("--epochs", type=POSITIVE, help="override the config's epochs")
     p.add_argument("--out", help="output folder (default: <study>/final)")
     _weights_dir_argument(p)

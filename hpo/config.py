@@ -182,3 +182,16 @@ def _complete_dense(out: dict[str, Any], config: Mapping[str, Any]) -> dict[str,
     for i in range(1, out["dense_layers"] + 1):
         out[f"dense_{i}"] = config.get(f"dense_{i}", SCHEMA["dense_#"].default)
     return out
+
+
+def read_config(path) -> dict[str, Any]:
+    """The trial config in a JSON file, checked key by key; ValueError naming the file and
+    the key otherwise."""
+    from hpo.files import read_json_object
+
+    config = read_json_object(path, "config file")
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return config

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import io
+import logging
 import math
 import os
 import sys
@@ -55,8 +57,9 @@ class Progress:
     """What a running study is doing, from events: `trial_started`, `trial_result`,
     `trial_ended` for each trial, `study_update` for the study's counts and best.
 
-    On a terminal (use it as a context manager) it is a live view, redrawn at most
-    `refresh_per_second` times a second to the console's width: a row per running trial
+    On a terminal or in a Jupyter cell (use it as a context manager) it is a live view,
+    redrawn at most `refresh_per_second` times a second to the console's width (in a cell:
+    one output updated in place, on each event): a row per running trial
     (epoch, current and best metric, img/s, elapsed), the last few finished ones with status
     and reason, the study's counts and best so far, and an estimate of the time left. Else
     each event is one plain line (epoch lines at most one per trial every `plain_every_s`,
@@ -76,7 +79,7 @@ class Progress:
         self.mode, self.max_epochs, self.rungs = mode, max_epochs, tuple(rungs)
         self.reduction_factor, self.concurrency = reduction_factor, concurrency
         self.plain_every_s, self.clock = plain_every_s, clock
-        self.live_view = console.is_terminal
+        self.live_view = console.is_terminal or console.is_jupyter
         self.t0 = clock()
         self.running: dict[str, _Trial] = {}
         self.finished: list[_Trial] = []  # in the order they ended
@@ -85,9 +88,13 @@ class Progress:
         self.most_running = 0  # trials seen running at once: the concurrency, if not given
         self._summary_due = False  # a trial ended: the plain study line goes out next
         self._lock = threading.Lock()  # events arrive on the driver's thread, redraws on rich's
-        self.live = (Live(self, console=console, refresh_per_second=refresh_per_second,
-                          redirect_stdout=False, redirect_stderr=False)
-                     if self.live_view else None)
+        self.live: Live | _CellView | None = None
+        if console.is_jupyter:
+            # rich's Live needs ipywidgets in a notebook, and shows nothing without them
+            self.live = _CellView(self, console.width, refresh_per_second, clock)
+        elif self.live_view:
+            self.live = Live(self, console=console, refresh_per_second=refresh_per_second,
+                             redirect_stdout=False, redirect_stderr=False)
 
     # events ---------------------------------------------------------------------------------
 
@@ -143,8 +150,11 @@ class Progress:
                        f"{fmt.value(round(trial.img_per_s or 0))} img/s, "
                        f"{fmt.duration(now - trial.started)}")
 
-    def trial_ended(self, trial_id: str, status: str, reason: str = "") -> None:
-        """A trial ended: completed, stopped (by ASHA), failed, infeasible, diverged, oom."""
+    def trial_ended(self, trial_id: str, status: str, reason: str = "",
+                    log: str | None = None) -> None:
+        """A trial ended: completed, stopped (by ASHA), failed, infeasible, diverged, oom.
+        One that crashed gives the `log` of its error: its line then stays above the live
+        view too."""
         with self._lock:
             trial = self.running.pop(trial_id, None)
             if trial is None:
@@ -152,12 +162,31 @@ class Progress:
             trial.status, trial.reason, trial.ended = status, reason, self.clock()
             self.finished.append(trial)
         best = f", best {self.metric} {fmt.metric(trial.best)}" if trial.best is not None else ""
-        self._line(f"{_who(trial)} {status} after {trial.epoch}/{trial.epochs or '?'} epochs"
-                   + best + (f": {reason}" if reason else ""))
+        line = (f"{_who(trial)} {status} after {trial.epoch}/{trial.epochs or '?'} epochs"
+                + best + (f": {reason}" if reason else "")
+                + (f" (full log: {log})" if log else ""))
+        if log:
+            self.message(line)
+        else:
+            self._line(line)
         # the study's counts come with the next study_update; without those, from the events
         self._summary_due = True
         if self.counts is None:
             self._plain_summary()
+
+    def trial_retried(self, trial_id: str, reason: str, log: str, attempt: int,
+                      attempts: int) -> None:
+        """A trial crashed and starts again from its last checkpoint: `attempt` of
+        `attempts` retries. One line, which stays above the live view."""
+        with self._lock:
+            trial = self.running.get(trial_id)
+        who = _who(trial) if trial else f"trial {trial_id}"
+        self.message(f"{who} crashed: {reason}; retry {attempt} of {attempts} from its last "
+                     f"checkpoint (full log: {log})")
+
+    def message(self, text: str) -> None:
+        """One line that stays: above the live view, or among the plain lines."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def study_update(self, counts: Mapping[str, int],
                      best: tuple[float, str, str] | None) -> None:
@@ -167,6 +196,8 @@ class Progress:
             self.counts, self.best = dict(counts), best
         if self._summary_due:
             self._plain_summary()
+        if isinstance(self.live, _CellView):
+            self.live.refresh()
 
     def _plain_summary(self) -> None:
         self._summary_due = False
@@ -302,6 +333,45 @@ class Progress:
         return None
 
 
+class _CellView:
+    """The live view in a Jupyter cell: one display output, updated in place (Jupyter,
+    JupyterLab, VS Code, Colab and nbclient all honour display updates) at most
+    `refresh_per_second` times a second, when `refresh` is called."""
+
+    def __init__(self, view, width: int, refresh_per_second: float,
+                 clock: Callable[[], float]):
+        self.view, self.width, self.clock = view, width, clock
+        self.every, self.last, self.handle = 1 / refresh_per_second, -math.inf, None
+
+    def _bundle(self) -> dict[str, str]:
+        page = Console(file=io.StringIO(), record=True, width=self.width, color_system="standard",
+                       force_terminal=True, force_jupyter=False)
+        page.print(self.view)
+        return {"text/plain": page.export_text(clear=False),
+                "text/html": page.export_html(inline_styles=True, code_format=_CELL_HTML)}
+
+    def refresh(self, force: bool = False) -> None:
+        if self.handle is None or (not force and self.clock() - self.last < self.every):
+            return
+        self.last = self.clock()
+        self.handle.update(self._bundle(), raw=True)
+
+    def __enter__(self):
+        from IPython.display import display
+
+        self.handle = display(self._bundle(), raw=True, display_id=True)
+        self.last = self.clock()
+        return self
+
+    def __exit__(self, *exc):
+        self.refresh(force=True)
+        return None
+
+
+_CELL_HTML = ('<pre style="white-space:pre;overflow-x:auto;line-height:normal;font-family:'
+              'Menlo,\'DejaVu Sans Mono\',consolas,\'Courier New\',monospace">{code}</pre>')
+
+
 def expected_epochs(done: int, epochs: int, rungs: Sequence[int],
                     reduction_factor: float) -> float:
     """Epochs a trial that has trained `done` of its `epochs` can expect to train still under
@@ -335,24 +405,92 @@ def _who(trial: _Trial) -> str:
 
 
 @contextlib.contextmanager
-def output_to(log_path: Path):
-    """Send everything written to fds 1 and 2 (Ray's processes included) to `log_path`, and
-    yield a rich Console on the original terminal for our own view."""
+def output_to(log_path: Path, console: Console | None = None, verbose: bool = False):
+    """While the block runs, send what Ray, Tune and the libraries they call print to
+    `log_path`: fds 1 and 2 (Ray's processes inherit them), Python's sys.stdout and sys.stderr
+    and the logging handlers that write to them (a notebook's streams are not fds 1 and 2).
+    Yield `console`, or a rich Console on the original fd 1, for our own view; with
+    `verbose`, that output is also printed there (above a live view), and still logged."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    terminal = None
+    if console is None:
+        terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+        console = Console(file=terminal)
     log = open(log_path, "ab", buffering=0)
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
+    echo = None
+    if verbose:
+        read_end, target = os.pipe()
+        echo = _Echo(read_end, log, console)
+    else:
+        target = log.fileno()
+    stream = os.fdopen(os.dup(target), "w", buffering=1, errors="replace")
+    streams = sys.stdout, sys.stderr
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    sys.stdout = sys.stderr = stream
+    handlers = _point_handlers({*streams, sys.__stdout__, sys.__stderr__}, stream)
     try:
-        yield Console(file=terminal)
+        yield console
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        stream.flush()
+        # handlers made meanwhile (a library imported in the block) write to `stream` too
+        _point_handlers({stream}, streams[1])
+        for handler, before in handlers:
+            handler.setStream(before)
+        sys.stdout, sys.stderr = streams
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         for fd in (saved_out, saved_err):
             os.close(fd)
-        log.close()
-        terminal.close()
+        stream.close()
+        if echo:
+            os.close(target)
+            echo.stop()
+        else:
+            log.close()
+        if terminal:
+            terminal.close()
+
+
+def _point_handlers(streams: set, stream) -> list[tuple[logging.StreamHandler, Any]]:
+    """Point every logging handler that writes to one of `streams` at `stream`; return each
+    with the stream it had."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in
+                                      list(logging.root.manager.loggerDict))]
+    moved = []
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if (isinstance(handler, logging.StreamHandler)
+                and not isinstance(handler, logging.FileHandler)
+                and any(handler.stream is s for s in streams if s is not None)):
+            moved.append((handler, handler.setStream(stream)))
+    return moved
+
+
+class _Echo:
+    """--verbose: a thread copying what is written to the pipe `read_end` to `log` and, line
+    by line, to `console`. After `stop` it only logs, until the last writer (a Ray process
+    that outlives the block) closes the pipe."""
+
+    def __init__(self, read_end: int, log, console: Console):
+        self.read_end, self.log, self.console = read_end, log, console
+        self.showing = True
+        self.thread = threading.Thread(target=self._run, daemon=True, name="hpo-echo")
+        self.thread.start()
+
+    def _run(self) -> None:
+        pending = b""
+        while chunk := os.read(self.read_end, 65536):
+            self.log.write(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if lines and self.showing:
+                self.console.print("\n".join(line.decode(errors="replace") for line in lines),
+                                   markup=False, highlight=False, soft_wrap=True)
+        os.close(self.read_end)
+        self.log.close()
+
+    def stop(self) -> None:
+        self.thread.join(timeout=1.0)  # what is already in the pipe still shows
+        self.showing = False

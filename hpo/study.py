@@ -23,6 +23,14 @@ def choose_folder(results: Path, name: str, fresh: bool) -> Path:
     return folder
 
 
+def check_study_folder(folder: Path) -> None:
+    """Raise ValueError unless `folder` is a study folder (one `hpo search` made)."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such study folder")
+    if not (folder / "study.json").is_file() and not (folder / "leaderboard.csv").is_file():
+        raise ValueError(f"{folder}: not a study folder (no study.json or leaderboard.csv)")
+
+
 def read_meta(study: Path) -> dict[str, Any]:
     """study.json, or {} for a folder that has none yet. Raises ValueError when it is not
     readable JSON."""

@@ -4,7 +4,16 @@ Tests import the writers directly: `from conftest import write_parquet_dataset`.
 """
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +161,96 @@ def study_tuner(space, folder: Path, trainable, concurrency: int = 2):
 def cache_dir(tmp_path) -> Path:
     """An empty dataset cache folder for one test."""
     return tmp_path / "cache"
+
+
+def run_in_terminal(args: list[str], cwd: Path, columns: int = 100, rows: int = 30,
+                    timeout: float = 600) -> str:
+    """Run `args` under a pseudo-terminal of the given size; return all it wrote."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([str(a) for a in args], cwd=cwd, stdin=slave, stdout=slave,
+                            stderr=slave, env={**env, "TERM": "xterm-256color"})
+    os.close(slave)
+    out, deadline = bytearray(), time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait() == 0, out.decode(errors="replace")[-3000:]
+    return out.decode(errors="replace")
+
+
+NOISY_SPACE = '''"""3 trials: one diverges (the starting point), one crashes, one trains."""
+from hpo.space import loguniform
+
+metric, mode = "val_acc", "max"
+trials = 3
+max_epochs = 2
+grace_period = 2
+dimensions = {"stages": 1, "convs_1": 1, "width": 8, "optimizer": "sgd", "momentum": 0.0,
+              "lr": loguniform(1e-3, 0.1), "batch_size": 64, "epochs": max_epochs}
+# no batch norm, a dense layer, heavy momentum and lr 10: the loss is NaN in epoch 2
+starting_points = {"diverges": dict(lr=10.0, momentum=0.99, bn="none", dense_layers=1)}
+'''
+
+# `hpo` whose trial 1 crashes in every attempt: Tune's error, traceback and retries for real
+NOISY_DRIVER = '''import sys
+
+import hpo.tuning.driver
+from hpo.cli import main
+from hpo.tuning.trainable import train_trial
+
+
+def crashes_in_trial_1(config, **kwargs):
+    if config["trial"] == 1:
+        raise RuntimeError("simulated crash in the trial process")
+    return train_trial(config, **kwargs)
+
+
+hpo.tuning.driver.train_trial = crashes_in_trial_1
+sys.exit(main())
+'''
+
+
+@pytest.fixture(scope="session")
+def noisy_study(tmp_path_factory, tiny_parquet):
+    """A real `hpo search` under a pseudo-terminal that everything tries to make noisy: a
+    trial that diverges (NaN: tensorboardX's warning), one that crashes (Tune's tracebacks,
+    retries), and both trackers (`--log mlflow --log wandb`, W&B offline, MLflow's default
+    store). (the folder it ran in, the study folder, all the terminal showed)."""
+    cwd = tmp_path_factory.mktemp("noisy")
+    (cwd / "noisy.py").write_text(NOISY_SPACE)
+    (cwd / "driver.py").write_text(NOISY_DRIVER)
+    env = {"WANDB_MODE": "offline", "WANDB_PROJECT": "hpo-test", "MLFLOW_TRACKING_URI": None,
+           "WANDB_DIR": None}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value)
+        screen = run_in_terminal([sys.executable, "driver.py", "search", "noisy.py", "--data",
+                                  tiny_parquet, "--num-cpus", 2, "--log", "mlflow", "--log",
+                                  "wandb"], cwd=cwd)
+    return cwd, cwd / "results/noisy", screen
+
+
+def modules_loaded(statement: str) -> set[str]:
+    """The top-level packages a fresh Python has imported after running `statement`."""
+    code = f"import sys; {statement}; print(' '.join({{m.split('.')[0] for m in sys.modules}}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return set(out.stdout.split())

@@ -25,8 +25,13 @@ ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
 
 
-def hpo(*args, cwd, preexec_fn=None):
-    return subprocess.run([sys.executable, "-m", "hpo.cli", *map(str, args)], cwd=cwd,
+def hpo(*args, cwd, preexec_fn=None, hidden=()):
+    """`hpo ARGS` in `cwd`, with the modules in `hidden` not importable (not installed)."""
+    run = ["-m", "hpo.cli"] if not hidden else [
+        "-c", f"import sys; sys.modules.update(dict.fromkeys({list(hidden)!r})); "
+              "from hpo.cli import main; sys.exit(main())"]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_PROJECT"}
+    return subprocess.run([sys.executable, *run, *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, preexec_fn=preexec_fn)
 
 
@@ -109,8 +114,9 @@ def bad_files(tmp: Path) -> dict[str, Path]:
     return files
 
 
-def cases(tmp: Path, tiny: Path) -> list[tuple[list, str]]:
-    """(arguments, what the one line must say), run in a folder with results/tiny finished."""
+def cases(tmp: Path, tiny: Path) -> list[tuple]:
+    """(arguments, what the one line must say[, modules not installed]), run in a folder with
+    results/tiny finished."""
     f = bad_files(tmp)
     search = ["search", TINY, "--data", tiny, "--num-cpus", 2]
     study = Path("results/tiny")
@@ -131,6 +137,13 @@ def cases(tmp: Path, tiny: Path) -> list[tuple[list, str]]:
         ([*search, "--trials-per-gpu", 0], "--trials-per-gpu: must be 1 or more"),
         ([*search, "--checkpoint-every", -5], "--checkpoint-every: must be 0 or more, got -5"),
         ([*search, "--bogus"], "unrecognized arguments: --bogus"),
+        # a tracker whose extra is not installed
+        ([*search, "--log", "mlflow"], "--log mlflow: mlflow is not installed; install hpo's "
+                                       "extra: pip install -e '.[mlflow]'", ["mlflow"]),
+        ([*search, "--log", "wandb"], "--log wandb: wandb is not installed; install hpo's "
+                                      "extra: pip install -e '.[wandb]'", ["wandb"]),
+        ([*search, "--log", "wandb"], "--log wandb: no W&B project; pass --wandb-project or "
+                                      "set WANDB_PROJECT"),
         # space files: missing, empty, corrupt, wrong values
         (["search", tmp / "missing.py", "--data", tiny], "missing.py: no such space file"),
         (["search", f["empty.py"], "--data", tiny], "empty.py: missing required name(s)"),
@@ -183,8 +196,8 @@ def cases(tmp: Path, tiny: Path) -> list[tuple[list, str]]:
 def test_bad_input_fails_in_one_line_and_changes_nothing(finished, tiny_parquet, tmp_path):
     load_dataset(tiny_parquet)  # cached, so that no case decodes it again
     before = snapshot(finished / "results")
-    for args, message in cases(tmp_path, tiny_parquet):
-        out = hpo(*args, cwd=finished)
+    for args, message, *hidden in cases(tmp_path, tiny_parquet):
+        out = hpo(*args, cwd=finished, hidden=hidden[0] if hidden else ())
         lines = (out.stdout + out.stderr).strip().splitlines()
         assert out.returncode == 2, (args, out.stdout, out.stderr[-3000:])
         assert len(lines) == 1 and message in lines[0], (args, lines)

@@ -1,22 +1,17 @@
 """The live view, fed trial events by hand (no Ray): rows, widths, plain lines, the estimate;
 and once, a real search under a pseudo-terminal."""
 
-import fcntl
-import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 from io import StringIO
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from rich.console import Console
 
+from conftest import modules_loaded, run_in_terminal
 from hpo.progress import Progress, expected_epochs, makespan
 
 ROOT = Path(__file__).parents[1]
@@ -174,41 +169,7 @@ def test_a_trial_started_again_keeps_its_best():
 
 
 def test_progress_imports_no_ray():
-    code = ("import sys, hpo.progress; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def run_in_terminal(args: list[str], cwd: Path, columns: int = 100, rows: int = 30,
-                    timeout: float = 600) -> str:
-    """Run `args` under a pseudo-terminal of the given size; return all it wrote."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen([str(a) for a in args], cwd=cwd, stdin=slave, stdout=slave,
-                            stderr=slave, env={**env, "TERM": "xterm-256color"})
-    os.close(slave)
-    out, deadline = bytearray(), time.time() + timeout
-    try:
-        while time.time() < deadline:
-            if select.select([master], [], [], 0.5)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.wait() == 0, out.decode(errors="replace")[-3000:]
-    return out.decode(errors="replace")
+    assert "ray" not in modules_loaded("import hpo.progress")
 
 
 @pytest.mark.slow
@@ -228,3 +189,73 @@ def test_search_under_a_terminal_shows_trial_rows_and_time_left(tiny_parquet, tm
     assert "hpo tiny  4/4 finished · 0 running" in text
     assert max(len(line) for line in text.splitlines()) <= 100  # fits the terminal
 
+
+
+RAY_LINES = ("Configuration for experiment", "TensorBoard", "NaN or Inf", "Started a local Ray",
+             "Trial task failed", "Traceback", "ERROR", "WARNING", "wandb", "mlflow", "/tmp/ray")
+
+
+def screen_text(screen: str) -> str:
+    """What a terminal shows of `screen`, one line per drawn line (redraws included)."""
+    text = re.sub(r"\x1b\[\d*[AK]", "\n", screen.replace("\r", ""))
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+@pytest.mark.slow
+def test_nothing_from_ray_reaches_the_terminal_and_a_crash_is_one_line(noisy_study):
+    cwd, folder, screen = noisy_study
+    text = screen_text(screen)
+    assert "hpo noisy  3/3 finished · 0 running · 1 completed · 1 failed · 1 diverged" in text
+    for line in RAY_LINES:
+        assert line not in text, line
+    # the crash: one line per attempt, each naming the file with the whole traceback
+    log = "results/noisy/ray/trial-0001/error.txt"
+    assert len(re.findall(rf"^trial 1 crashed: RuntimeError: simulated crash in the trial "
+                          rf"process; retry [12] of 2 from its last checkpoint \(full log: "
+                          rf"{log}\)$", text, re.M)) == 2
+    assert re.search(rf"^trial 1 failed after 0/2 epochs: RuntimeError: simulated crash in "
+                     rf"the trial process \(full log: {log}\)$", text, re.M)
+    assert (cwd / log).read_text().count("simulated crash in the trial process") >= 3
+    # the divergence shows as a status, its NaN only in Tune's TensorBoard log and ray.log
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("point")
+    assert board.loc["diverges", "status"] == "diverged"
+    assert "training loss became nan" in board.loc["diverges", "reason"]
+    assert re.search(r"^diverges +\d/2 .* diverged: training loss became nan", text, re.M), [
+        line for line in text.splitlines() if "diverge" in line]
+    ray_log = (folder / "ray.log").read_text()
+    for line in ("Started a local Ray instance", "Trial task failed", "NaN or Inf found"):
+        assert line in ray_log, line
+    # `tensorboard --logdir results/noisy/ray` finds every trial's events
+    assert len(list((folder / "ray").glob("trial-*/events.out.tfevents.*"))) >= 3
+
+
+def test_output_goes_to_the_log_or_with_verbose_to_both(tmp_path):
+    import logging
+
+    from hpo.progress import output_to
+
+    def noisy(tag: str) -> None:
+        print(f"{tag} print")  # Python's sys.stdout
+        logging.getLogger("noisy").warning(f"{tag} logging")  # a handler bound to stderr
+        subprocess.run(["sh", "-c", f"echo {tag} process; echo {tag} process >&2"],
+                       check=True)  # a child process, on fds 1 and 2, as Ray's processes
+
+    logger = logging.getLogger("noisy")
+    logger.addHandler(logging.StreamHandler(sys.stderr))
+    logger.propagate = False
+    try:
+        for verbose in (False, True):
+            shown = StringIO()
+            log = tmp_path / f"verbose-{verbose}.log"
+            with output_to(log, Console(file=shown, width=100), verbose) as console:
+                noisy("ray")
+                console.print("hpo view")
+            logged = log.read_text()
+            for tag in ("print", "logging", "process"):
+                assert logged.count(f"ray {tag}") == (2 if tag == "process" else 1)
+            assert "hpo view" in shown.getvalue() and "hpo view" not in logged
+            assert ("ray process" in shown.getvalue()) is verbose
+            assert ("ray logging" in shown.getvalue()) is verbose
+    finally:
+        logger.handlers.clear()
+        logger.propagate = True

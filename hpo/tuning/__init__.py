@@ -28,7 +28,9 @@ __all__ = ["SearchOptions", "StudyError", "plan_search", "run_study"]
 
 def run_study(space: str | os.PathLike, options: SearchOptions, console=None) -> Path:
     """Run the study of `space` (a space file's path) under `options`, or continue it: the
-    same folder, lock and resume as `hpo search`. Returns the study folder.
+    same folder, lock and resume as `hpo search`. Returns the study folder. The progress is
+    drawn on `console` (a rich Console; default: the terminal); everything Ray prints goes
+    to <study>/ray.log (with options.verbose, to the console too).
 
     Raises StudyError (one line) for bad options, files or a study held by another driver,
     before anything is written; KeyboardInterrupt after Ctrl-C, once everything is saved.
@@ -40,6 +42,7 @@ def run_study(space: str | os.PathLike, options: SearchOptions, console=None) ->
     plan = plan_search(space, options)  # before the imports below: a mistake costs little
     from hpo.data import load_dataset
     from hpo.lock import StudyLock
+    from hpo.progress import output_to
     from hpo.sources import DataError
 
     lock = StudyLock(plan.folder)
@@ -57,10 +60,13 @@ def run_study(space: str | os.PathLike, options: SearchOptions, console=None) ->
             check_data(plan, data.content)
         except DataError as exc:
             raise StudyError(str(exc)) from None
-        from hpo.tuning.driver import run_search  # torch and Ray, only now
-
+        data_s = time.time() - t0
         try:
-            return run_search(plan, data, console, data_s=time.time() - t0)
+            with output_to(plan.folder / "ray.log", console, o.verbose) as console:
+                # torch and Ray, only now; what they print as they load goes to ray.log too
+                from hpo.tuning.driver import run_search
+
+                return run_search(plan, data, console, data_s=data_s)
         except StudyError:
             # refused before it began (e.g. a cluster of another Ray): a new study's folder
             # goes, so the same command with the mistake mended starts afresh

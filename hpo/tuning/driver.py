@@ -25,7 +25,7 @@ from rich.console import Console
 
 from hpo.data import Dataset
 from hpo.leaderboard import Leaderboard
-from hpo.progress import Progress, output_to
+from hpo.progress import Progress
 from hpo.study import begin_study, busy_fraction, now, write_meta
 from hpo.tuning.cluster import join_cluster
 from hpo.tuning.observer import StudyCallback
@@ -42,76 +42,76 @@ from hpo.tuning.searcher import (
     StudySearcher,
     open_study,
 )
+from hpo.tuning.trackers import tracker_callbacks
 from hpo.tuning.trainable import train_trial
 from hpo.weights import WEIGHTS_ENV
 
 EXPERIMENT = "ray"  # Tune's experiment folder in the study folder; trials in ray/trial-<n>
 
 
-def run_search(plan: Plan, data: Dataset, console: Console | None = None,
-               data_s: float = 0.0) -> Path:
-    """Run the study `plan` describes on `data`, or continue it, and return its folder.
+def run_search(plan: Plan, data: Dataset, console: Console, data_s: float = 0.0) -> Path:
+    """Run the study `plan` describes on `data`, or continue it, and return its folder;
+    `console` shows its progress.
 
-    The caller holds the study's lock (hpo.lock.StudyLock); `data_s` is how long loading
-    `data` took, for the study's time breakdown. Finished trials are never trained again;
+    The caller holds the study's lock (hpo.lock.StudyLock) and sends what Ray prints to
+    ray.log (hpo.progress.output_to); `data_s` is how long loading `data` took, for the
+    study's time breakdown. Finished trials are never trained again;
     unfinished ones continue from their last checkpoint; TPE continues from the whole record;
     a complete study is left exactly as it is. Raises KeyboardInterrupt after Ctrl-C or
     SIGTERM, once everything is saved; SpaceInfeasible when the space's draws are almost all
     infeasible; StudyError when the study's files cannot be written.
     """
     space, options, study = plan.space, plan.options, plan.folder
-    if plan.resumed and _complete(plan, console or Console()):
+    if plan.resumed and _complete(plan, console):
         return study
-    with output_to(study / "ray.log") as terminal:
-        console = console or terminal
-        t_ray = time.time()
-        _connect(options)
-        t_ray = time.time() - t_ray
+    t_ray = time.time()
+    _connect(options)
+    t_ray = time.time() - t_ray
+    try:
+        storage = optuna.storages.RDBStorage(_storage_url(plan))
+        record_study = open_study(space, study.name, storage, options.seed)
+        if not record_study.get_trials(deepcopy=False):
+            for name in space.starting_points:  # first: every study has to beat them
+                space.enqueue(record_study, space.point(name))
+        record = Record.read(record_study)
+        budget = max(0, space.trials - len(record.finished) - len(record.resumed))
         try:
-            storage = optuna.storages.RDBStorage(_storage_url(plan))
-            record_study = open_study(space, study.name, storage, options.seed)
-            if not record_study.get_trials(deepcopy=False):
-                for name in space.starting_points:  # first: every study has to beat them
-                    space.enqueue(record_study, space.point(name))
-            record = Record.read(record_study)
-            budget = max(0, space.trials - len(record.finished) - len(record.resumed))
-            try:
-                meta = begin_study(plan, data)
-            except OSError as exc:
-                raise StudyError(f"{exc.filename or study}: cannot write ({exc.strerror})"
-                                 ) from None
-            board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode,
-                                     space.objectives[1:])
-            board.reconcile(_ended(record, space.metric),
-                            {str(r.number) for r in record.resumed})
-            board.write()
-            if plan.resumed:
-                console.print(f"resuming {study}: {len(record.finished)} trials finished, "
-                              f"{len(record.resumed)} to continue, {budget} to start")
-            t0 = time.time()
-            searcher, callback = _run(plan, data, record_study, storage, record, board,
-                                      budget, console, t_ray)
-            t1 = time.time()
-        finally:
-            ray.shutdown()
-        busy = busy_fraction(callback.intervals, t0, t1)
-        meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1),
-                    busy_fraction=round(busy, 4),
-                    rejected=record.rejected + searcher.rejected,
-                    duplicates=record.duplicates + searcher.duplicates)
-        meta["time"] = {"data_s": round(data_s, 2), **callback.time_spent(t0, t1, busy)}
-        best = board.best()
-        if best:
-            meta["best"] = {"trial_id": best["trial_id"], space.metric: best[space.metric]}
-        stopped = searcher.interrupted or searcher.error
-        meta["runs"][-1].update(ended=now(), stopped_by=searcher.stopped_by or None)
-        if not stopped:
-            meta["finished"] = now()
-        write_meta(study, meta)
-        _summarise(console, study, board, busy, t1 - t0, meta, searcher)
-        if searcher.interrupted and not searcher.error:
-            console.print(f"[yellow]stopped by {searcher.stopped_by}[/]: everything so far is "
-                          f"kept; continue with\n  {_command_line()}")
+            meta = begin_study(plan, data)
+        except OSError as exc:
+            raise StudyError(f"{exc.filename or study}: cannot write ({exc.strerror})"
+                             ) from None
+        board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode,
+                                 space.objectives[1:])
+        board.reconcile(_ended(record, space.metric),
+                        {str(r.number) for r in record.resumed})
+        board.write()
+        if plan.resumed:
+            console.print(f"resuming {study}: {len(record.finished)} trials finished, "
+                          f"{len(record.resumed)} to continue, {budget} to start")
+        t0 = time.time()
+        searcher, callback = _run(plan, data, record_study, storage, record, board,
+                                  budget, console, t_ray)
+        t1 = time.time()
+    finally:
+        ray.shutdown()
+    busy = busy_fraction(callback.intervals, t0, t1)
+    meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1),
+                busy_fraction=round(busy, 4),
+                rejected=record.rejected + searcher.rejected,
+                duplicates=record.duplicates + searcher.duplicates)
+    meta["time"] = {"data_s": round(data_s, 2), **callback.time_spent(t0, t1, busy)}
+    best = board.best()
+    if best:
+        meta["best"] = {"trial_id": best["trial_id"], space.metric: best[space.metric]}
+    stopped = searcher.interrupted or searcher.error
+    meta["runs"][-1].update(ended=now(), stopped_by=searcher.stopped_by or None)
+    if not stopped:
+        meta["finished"] = now()
+    write_meta(study, meta)
+    _summarise(console, study, board, busy, t1 - t0, meta, searcher)
+    if searcher.interrupted and not searcher.error:
+        console.print(f"[yellow]stopped by {searcher.stopped_by}[/]: everything so far is "
+                      f"kept; continue with\n  {_command_line()}")
     if searcher.error:
         raise SpaceInfeasible(searcher.error)
     if searcher.stopped_by in ("Ctrl-C", "SIGTERM"):
@@ -135,6 +135,9 @@ def _connect(options) -> None:
     """Join the cluster at --address, or start a Ray of our own on this machine."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides, see _interruptible
+    # Tune's older output engine, the one that takes our reporter (_Quiet): the newer one
+    # prints a "Configuration for experiment" box and a TensorBoard hint into /tmp/ray
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if options.address:
         # a shared --weights-dir reaches the trials on every node, not only this one's
         join_cluster(options.address, {k: os.environ[k] for k in (WEIGHTS_ENV,)
@@ -203,8 +206,8 @@ def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
               callback: StudyCallback, scheduler: Rungs, concurrency: int,
               samples: int) -> tune.Tuner:
     """The Tune experiment of one run of a study: `samples` trials from `searcher`, at most
-    `concurrency` at once, stopped by `scheduler`, watched by `callback`, in
-    <study>/ray/trial-<n> (or <--storage-path>/<study>/trial-<n>)."""
+    `concurrency` at once, stopped by `scheduler`, watched by `callback` and logged to the
+    trackers of --log, in <study>/ray/trial-<n> (or <--storage-path>/<study>/trial-<n>)."""
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -218,7 +221,9 @@ def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
             # config are written here by the driver either way
             name=study.name if options.storage_path else EXPERIMENT,
             storage_path=options.storage_path or str(study.resolve()), verbose=0,
-            callbacks=[callback],
+            progress_reporter=_Quiet(),
+            callbacks=[callback, *tracker_callbacks(options.log, study,
+                                                    options.wandb_project)],
             stop=_Stop(searcher, callback, options.epoch_budget, options.time_budget),
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -226,6 +231,17 @@ def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
 
 def _trial_name(trial) -> str:
     return f"trial-{trial.config['trial']:04d}"
+
+
+class _Quiet(tune.ProgressReporter):
+    """Tune's progress reports, none: the live view (hpo.progress) shows the search. Tune's
+    own pick in Jupyter would clear the cell's output, the live view with it."""
+
+    def should_report(self, trials, done: bool = False) -> bool:
+        return False
+
+    def report(self, trials, done: bool, *sys_info: str) -> None:
+        pass
 
 
 class _Stop(tune.Stopper):
@@ -280,6 +296,8 @@ def _close_stragglers(board: Leaderboard) -> None:
 
 
 def _command_line() -> str:
+    if Path(sys.argv[0]).stem not in ("hpo", "cli"):  # hpo.search, in a notebook or script
+        return "the same hpo.search(...) call (without fresh=True)"
     args = [a for a in sys.argv[1:] if a != "--fresh"]
     return " ".join(["hpo", *args])
 

@@ -113,8 +113,14 @@ class StudyCallback(tune.Callback):
         tid = _row_id(trial)
         self.board.finish(tid, "failed", _last_error_line(trial))
         self._ended(tid)
-        self._lived(tid)
+        self._lived(tid, _error_log(trial))
         self._refresh(force=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.progress:
+            self.progress.trial_retried(_row_id(trial), _last_error_line(trial),
+                                        _error_log(trial), trial.run_metadata.num_failures,
+                                        trial.max_failures)
 
     def on_step_end(self, iteration, trials, **info):
         self._refresh()
@@ -131,13 +137,13 @@ class StudyCallback(tune.Callback):
         if checkpoint is not None and not self.keep_checkpoints:
             _delete_checkpoints(checkpoint)
 
-    def _lived(self, tid: str) -> None:
+    def _lived(self, tid: str, log: str | None = None) -> None:
         began = self._began.pop(tid, None)
         if began is not None:
             self.lives_s += time.time() - began
         if self.progress:
             row = self.board.rows[tid]
-            self.progress.trial_ended(tid, row["status"], row.get("reason") or "")
+            self.progress.trial_ended(tid, row["status"], row.get("reason") or "", log)
 
 
 def _delete_checkpoints(latest: tune.Checkpoint) -> None:
@@ -163,6 +169,18 @@ def _config(trial) -> dict[str, Any]:
 def _uri(checkpoint: tune.Checkpoint) -> str:
     kind = checkpoint.filesystem.type_name
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def _error_log(trial) -> str:
+    """Where the whole of a trial's errors (Tune's error.txt, every attempt's traceback) is
+    kept: in its folder of the study (ray/trial-<n>/), or of --storage-path."""
+    path = posixpath.join(trial.path, trial.run_metadata.error_filename or "error.txt")
+    kind = trial.storage.storage_filesystem.type_name
+    if kind != "local":
+        return f"{kind}://{path}"
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(Path.cwd()))
+    return path
 
 
 def _last_error_line(trial) -> str:

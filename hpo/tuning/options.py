@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,57 @@ CHECKPOINT_EVERY_S = 120.0  # the costliest checkpoint measured: ~1% of this; BE
 
 class StudyError(ValueError):
     """Bad input found before a study starts (options, files, the study folder); one line."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric option takes: `whole` numbers or reals from `low` (excluded when
+    `low_open`) to `high`. The command line and hpo.search check with the same messages."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    whole: bool = False
+
+    def parse(self, text: str) -> int | float:
+        """The option's value in `text`; ValueError (the message to show) otherwise."""
+        try:
+            value = int(text) if self.whole else float(text)
+        except ValueError:
+            kind = "a whole number" if self.whole else "a number"
+            raise ValueError(f"must be {kind}, got {text!r}") from None
+        return self.check(value)
+
+    def check(self, value) -> int | float:
+        """`value` if it is within the bound; ValueError (the message to show) otherwise."""
+        if isinstance(value, bool) or not isinstance(value, int if self.whole else (int, float)):
+            kind = "a whole number" if self.whole else "a number"
+            raise ValueError(f"must be {kind}, got {value!r}")
+        low_ok = self.low < value if self.low_open else self.low <= value
+        if not low_ok or value > self.high or math.isnan(value):
+            if self.whole:
+                span = f"{self.low:g} or more"
+            elif self.high < math.inf:
+                span = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            else:
+                span = f"above {self.low:g}" if self.low_open else f"{self.low:g} or more"
+            raise ValueError(f"must be {span}, got {value if self.whole else f'{value:g}'}")
+        return value
+
+
+# Every numeric option of SearchOptions, by field (the command line's --time-budget is in
+# minutes, the field in seconds: both above 0)
+BOUNDS = {
+    "trials": Bound(1, whole=True), "max_epochs": Bound(1, whole=True),
+    "grace_period": Bound(1, whole=True), "fraction": Bound(0, 1, low_open=True),
+    "split_seed": Bound(0, whole=True), "seed": Bound(0, whole=True),
+    "gpus_per_trial": Bound(0, 64, low_open=True), "trials_per_gpu": Bound(1, whole=True),
+    "cpus_per_trial": Bound(0, 1024, low_open=True), "num_cpus": Bound(1, whole=True),
+    "concurrency": Bound(1, whole=True), "checkpoint_every": Bound(0),
+    "epoch_budget": Bound(1, whole=True), "time_budget": Bound(0, low_open=True)}
+
+# --log NAME: the experiment tracker, the module Ray's callback needs, the extra installing it
+TRACKERS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 
 
 @dataclass
@@ -55,6 +108,9 @@ class SearchOptions:
     time_budget: float | None = None  # ... or after this many seconds
     weights_dir: str | None = None  # pretrained backbones' weights (hpo/weights.py)
     results: Path = Path("results")
+    log: tuple[str, ...] = ()  # experiment trackers every trial is logged to: mlflow, wandb
+    wandb_project: str | None = None  # default: WANDB_PROJECT
+    verbose: bool = False  # Ray's output on the terminal too (it always goes to ray.log)
 
 
 # What makes a study: a resume must match these, or it would mix two searches in one record.
@@ -66,7 +122,7 @@ IDENTITY = {"space": "the space file", "data": "--data (the images themselves)",
 # What a resume may change (README, "Nothing lost"); everything else is the identity above.
 MUTABLE = ("trials", "concurrency", "cpus_per_trial", "gpus_per_trial", "trials_per_gpu",
            "num_cpus", "address", "storage_path", "checkpoint_every", "keep_checkpoints",
-           "epoch_budget", "time_budget", "weights_dir")
+           "epoch_budget", "time_budget", "weights_dir", "log", "wandb_project", "verbose")
 DEFAULTS = {"fraction": 1.0, "split_seed": 0, "seed": 0, "storage": None}
 
 
@@ -97,6 +153,7 @@ def plan_search(space_path: str | os.PathLike, options: SearchOptions) -> Plan:
     """Check the options, the space file, the data's path and the study folder, and return
     the Plan; raise StudyError (one line naming the option, file or setting) otherwise.
     Reads, never writes; imports neither torch nor Ray."""
+    options = check_options(options)
     try:
         space = load_space(space_path)
         check_weights(space=space, weights_dir=options.weights_dir)
@@ -118,9 +175,43 @@ def plan_search(space_path: str | os.PathLike, options: SearchOptions) -> Plan:
         _compare(folder, meta["identity"], plan.identity(meta["identity"]["data"]))
     if not options.data:
         raise StudyError(f"{space.path}: no data: pass --data or set `data` in the space file")
-    _check_data_path(options.data)
+    check_data_path(options.data)
     _check_writable(folder)
     return plan
+
+
+def check_options(options: SearchOptions) -> SearchOptions:
+    """`options` with paths as paths, checked one by one against BOUNDS and the trackers
+    (named, installed, a W&B project known); StudyError naming the option otherwise."""
+    for name, bound in BOUNDS.items():
+        value = getattr(options, name)
+        if value is not None:
+            try:
+                bound.check(value)
+            except ValueError as exc:
+                raise StudyError(f"{name}: {exc}") from None
+    log = (options.log,) if isinstance(options.log, str) else tuple(options.log or ())
+    for name in log:
+        if name not in TRACKERS:
+            raise StudyError(f"--log {name}: not a tracker hpo logs to (choose from "
+                             f"{', '.join(TRACKERS)})")
+        module, extra = TRACKERS[name]
+        if not _installed(module):
+            raise StudyError(f"--log {name}: {module} is not installed; install hpo's "
+                             f"extra: pip install -e '.[{extra}]'")
+    if "wandb" in log and not (options.wandb_project or os.environ.get("WANDB_PROJECT")):
+        raise StudyError("--log wandb: no W&B project; pass --wandb-project or set "
+                         "WANDB_PROJECT")
+    return dataclasses.replace(
+        options, log=log, results=Path(options.results),
+        data=None if options.data is None else os.fspath(options.data))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked (None in sys.modules)
+        return False
 
 
 def check_data(plan: Plan, content: str) -> None:
@@ -178,8 +269,9 @@ def _compare(folder: Path, recorded: dict[str, Any], given: dict[str, Any]) -> N
                          "a new study, or --name")
 
 
-def _check_data_path(data: str) -> None:
-    if data.startswith("torchvision:"):
+def check_data_path(data: str | None) -> None:
+    """Raise StudyError when `data` (--data) names no file or folder; None passes."""
+    if not data or data.startswith("torchvision:"):
         return  # a folder torchvision downloads into; it may not exist yet
     if not Path(data).exists():
         raise StudyError(f"{data}: does not exist (--data)")

@@ -54,6 +54,10 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
     def report(metrics: dict, model=None, state=None) -> None:
         metrics = {**metrics, "node": node, "data": data.fingerprint, "decoded": decode_count()}
         epoch, value = metrics.get("epoch", 0), metrics.get(metric)
+        if epoch:
+            # the step TensorBoard and the trackers plot against (else Tune's count of
+            # reports, which a trial continued from a checkpoint in a later run restarts)
+            metrics["timesteps_total"] = epoch
         if model is not None and value is not None and math.isfinite(value) and (
                 best["value"] is None or sign * value > sign * best["value"]):
             # a copy on the host: the best epoch's weights outlive the epochs after it
