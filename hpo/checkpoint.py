@@ -2,7 +2,8 @@
 
     model.pt   the weights after the epoch (a state_dict)
     train.pt   optimizer state, step, schedule, random streams (run_trial's `state()`), the
-               best value so far, its epoch, and which file holds that epoch's weights
+               best value so far, its epoch, which file holds that epoch's weights, and what
+               the epoch reported
     best.pt    the best epoch's weights, when that epoch is not this one
 
 All tensors, loaded with weights_only=True: a checkpoint is data, never code to run.
@@ -17,10 +18,12 @@ import torch
 
 
 def save(folder: str | os.PathLike, model: Mapping[str, torch.Tensor],
-         state: Mapping[str, Any], best: Mapping[str, Any]) -> None:
-    """Write a checkpoint into `folder`: `model` (a state_dict), `state` (run_trial's state())
-    and `best` ({"value", "epoch", "weights"}: the best epoch so far and a copy of its weights,
-    or None where that epoch is this one)."""
+         state: Mapping[str, Any], best: Mapping[str, Any],
+         metrics: Mapping[str, Any] | None = None) -> None:
+    """Write a checkpoint into `folder`: `model` (a state_dict), `state` (run_trial's state()),
+    `best` ({"value", "epoch", "weights"}: the best epoch so far and a copy of its weights,
+    or None where that epoch is this one) and `metrics`, what the epoch reported (plain
+    values only)."""
     torch.save(dict(model), os.path.join(folder, "model.pt"))
     # train.pt names the file with the best epoch's weights: a best.pt left in the folder by
     # an earlier run of the study must not be taken for this one's
@@ -29,7 +32,8 @@ def save(folder: str | os.PathLike, model: Mapping[str, torch.Tensor],
         best_file = "best.pt"
         torch.save(best["weights"], os.path.join(folder, best_file))
     torch.save({**state, "best": best["value"], "best_epoch": best["epoch"],
-                "best_file": best_file}, os.path.join(folder, "train.pt"))
+                "best_file": best_file, "metrics": dict(metrics or {})},
+               os.path.join(folder, "train.pt"))
 
 
 def load(folder: str | os.PathLike) -> dict[str, Any] | None:

@@ -145,6 +145,8 @@ def test_an_epoch_budget_stops_the_run_and_the_same_command_continues(tmp_path, 
                                   weights_only=True)["epoch"]
              for t in cut if t.user_attrs.get("hpo_checkpoint")}
     assert saved, "no trial was cut short after a checkpoint"
+    board = pd.read_csv(study / "leaderboard.csv")
+    assert set(board[board.status == "interrupted"].trial_id) == {t.number for t in cut}
     meta = json.loads((study / "study.json").read_text())
     assert meta["finished"] is None and meta["runs"][0]["stopped_by"].startswith("the epoch")
 

@@ -196,8 +196,11 @@ def _run(plan, data, record_study, storage, record, board, budget, console, t_ra
                       concurrency, len(record.resumed) + budget)
     with progress, _interruptible(searcher):
         tuner.fit()
-    if not (searcher.interrupted or searcher.error):
-        _close_stragglers(board)
+    for tid in [t for t, row in board.rows.items() if row["status"] == "running"]:
+        if searcher.interrupted or searcher.error:
+            callback.interrupted(tid)  # Tune ends them without a callback: they go on later
+        else:
+            board.finish(tid, "failed", "lost: Ray lost track of it")
     board.write()
     return searcher, callback
 
@@ -286,13 +289,6 @@ def _interruptible(searcher: StudySearcher):
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
-
-
-def _close_stragglers(board: Leaderboard) -> None:
-    """After a run that was not stopped nothing may stay 'running' on the leaderboard."""
-    for trial_id, row in board.rows.items():
-        if row["status"] == "running":
-            board.finish(trial_id, "failed", "lost: Ray lost track of it")
 
 
 def _command_line() -> str:

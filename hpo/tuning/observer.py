@@ -98,21 +98,19 @@ class StudyCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         tid = _row_id(trial)
-        if self.searcher is not None and self.searcher.interrupted:
-            self.board.finish(tid, "interrupted", f"{self.searcher.stopped_by} stopped the "
-                              "search; the same command continues this trial from its last "
-                              "checkpoint")
-            self._checkpoints.pop(tid, None)  # kept on disk: the next run continues from it
-        else:
-            self.board.finish(tid)
-            self._ended(tid)
+        self.board.finish(tid)
+        self._ended(tid)
         self._lived(tid)
         self._refresh(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         tid = _row_id(trial)
-        self.board.finish(tid, "failed", _last_error_line(trial))
-        self._ended(tid)
+        if self.searcher is not None and self.searcher.interrupted:
+            # it crashed as the search was being stopped: it goes on in the next run
+            self.interrupted(tid)
+        else:
+            self.board.finish(tid, "failed", _last_error_line(trial))
+            self._ended(tid)
         self._lived(tid, _error_log(trial))
         self._refresh(force=True)
 
@@ -124,6 +122,13 @@ class StudyCallback(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self._refresh()
+
+    def interrupted(self, tid: str) -> None:
+        """The search was stopped while trial `tid` ran: its row says so, and its checkpoint
+        stays where it is, for the next run to continue from."""
+        self.board.finish(tid, "interrupted", f"{self.searcher.stopped_by} stopped the search; "
+                          "the same command continues this trial from its last checkpoint")
+        self._checkpoints.pop(tid, None)
 
     def _ended(self, tid: str) -> None:
         """A trial is over: if it is the best finished trial, its best epoch's weights become

@@ -206,8 +206,11 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if self.interrupted or trial_id not in self._trials:
-            return  # stays RUNNING in the record: the next run continues it
+        # Tune ends the trials a stop interrupts without a word to us (they stay RUNNING in
+        # the record, for the next run to continue); one that crashed as the stop came is one
+        # of them. A trial that ended on its own, stop or not, is told.
+        if trial_id not in self._trials or (error and self.interrupted):
+            return
         result = result or {}
         self.on_trial_result(trial_id, result)  # Tune passes the last result here, not there
         trial = self._trials.pop(trial_id)
@@ -287,6 +290,7 @@ class StudySearcher(Searcher):
             self.error = (f"{self.space.path}: {self._in_a_row} draws in a row could not be "
                           f"built or would not fit (last: {exc}); the dimensions involved: "
                           f"{', '.join(keys)}: narrow their ranges")
+            self.stop("a space of draws that cannot be built")
 
     def _storage_id(self, number: int) -> int:
         study_id = self.storage.get_study_id_from_name(self.study.study_name)

@@ -38,12 +38,14 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
         torch.cuda.set_per_process_memory_fraction(max(0.05, gpus - CONTEXT_BYTES / total))
     # the IP names the machine; the node id tells apart two raylets on one machine
     node = f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
-    state = _load(tune.get_checkpoint())
-    if state is None and (resume or {}).get(number):
-        try:
-            state = _load(tune.Checkpoint(resume[number]))
-        except Exception as exc:  # gone or unreadable: the trial starts again from epoch 1
-            print(f"trial {number}: cannot continue from {resume[number]} ({exc!r})")
+    found = tune.get_checkpoint()
+    if found is None and (resume or {}).get(number):
+        found = tune.Checkpoint(resume[number])
+    try:
+        state = _load(found)
+    except Exception as exc:  # gone or unreadable: the trial starts again from epoch 1
+        print(f"trial {number}: cannot continue from {found} ({exc!r})")
+        state = found = None
     sign = 1 if mode == "max" else -1
     best = {"value": None, "epoch": 0, "weights": None}
     if state:
@@ -69,11 +71,16 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="hpo-ckpt-") as folder:
-            checkpoint.save(folder, model.state_dict(), state(), best)
+            checkpoint.save(folder, model.state_dict(), state(), best, metrics)
             # Tune copies the folder to the trial's storage before report returns
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
         last_saved[0] = time.monotonic()
 
+    if state and state["epoch"] >= config["epochs"]:
+        # continued from the checkpoint of its last epoch (the driver was lost before it
+        # heard the end): that epoch's report once more ends the trial as it ended
+        tune.report(state["metrics"], checkpoint=found)
+        return
     train.run_trial(config, data, report, resume=state)
 
 
