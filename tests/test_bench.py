@@ -68,3 +68,35 @@ def test_checkpoint_small_times_each_starting_points_checkpoint(data, tmp_path):
     net = figures["too-slow"]
     assert net["checkpoint_s"] > 0 and net["epoch_s"] > 0 and net["checkpoint_bytes"] > 0
     assert 0 < net["share_every_epoch"] < 1
+
+
+def test_search_quality_tiny_runs_every_method_on_two_seeds(tmp_path):
+    # that it runs and writes what it promises, not its numbers: 2 seeds of the 4 methods and
+    # one hpo variant, on the tiny space and 300 generated images, 4 epochs per search
+    data = write_parquet_dataset(tmp_path / "data", n_train=300, n_test=60)
+    out, png = tmp_path / "sq.json", tmp_path / "sq.png"
+    env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
+    methods = "hpo,ray-optuna,ray-random,optuna-hyperband,hpo:random"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "search_quality.py"), "--space",
+         str(REPO / "tests/spaces/tiny.py"), "--data", str(data), "--fraction", "1",
+         "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "4", "--time-cap", "2",
+         "--seeds", "2", "--methods", methods, "--cpus", "2", "--work", str(tmp_path / "work"),
+         "--json", str(out), "--png", str(png)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    assert list(figures["methods"]) == methods.split(",")
+    for method, f in figures["methods"].items():
+        assert [r["seed"] for r in f["runs"]] == [0, 1], method
+        for r in f["runs"]:
+            # the budget ends each search: no more epochs than it allows, plus those already
+            # running when it ran out (at most one per CPU)
+            assert 1 <= r["epochs_spent"] <= 4 + 2, (method, r)
+            assert r["trials"] >= 1 and 0 <= r["best_val"] <= 1, (method, r)
+            assert r["test_acc"] is not None and 0 <= r["test_acc"] <= 1, (method, r)
+            assert set(r["wasted"]) == {"infeasible", "duplicate", "diverged", "oom"}
+            assert [best for _, best in r["curve"]] == sorted(best for _, best in r["curve"])
+        assert len(f["anytime"]["mean"]) == 4
+    assert png.stat().st_size > 0
+    assert "best val (full budget)" in done.stdout
