@@ -19,7 +19,7 @@ duplicate, diverged, out of memory) and wall time are counted. The baselines get
 points: those are one of hpo's choices under test.
 
     python bench/search_quality.py --json sq.json --png sq.png      # CPU form (~1 h on 2 cores)
-    python bench/search_quality.py --full --json sq-gpu.json         # full size, on a GPU
+    python bench/search_quality.py --full --gpus 0.25 --json sq-gpu.json   # full size, a GPU
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from hpo.study import apply_options  # noqa: E402
 BASELINES = ("ray-optuna", "ray-random", "optuna-hyperband")
 DEFAULT_METHODS = ("hpo", *BASELINES)
 WASTE = ("infeasible", "duplicate", "diverged", "oom")
-# The CPU form: a fixed 2% of CIFAR-10 (about 900 training images), 3-epoch trials
-SMALL = dict(fraction=0.02, max_epochs=3, grace_period=1, epoch_budget=40, time_cap=10.0)
+# The CPU form: a fixed 3% of CIFAR-10 (1,350 training images), 3-epoch trials
+SMALL = dict(fraction=0.03, max_epochs=3, grace_period=1, epoch_budget=30, time_cap=4.0)
 # The full size on a GPU: all of CIFAR-10, the space's own epochs, ~64 trials' worth
 FULL = dict(fraction=1.0, max_epochs=None, grace_period=None, epoch_budget=400, time_cap=60.0)
 
@@ -64,8 +64,15 @@ class Run:
     configs: dict[str, dict]  # trial -> its complete config
     statuses: dict[str, str]  # trial -> how it ended (a leaderboard status)
     wall_s: float
+    t0: float  # when the search began: the wall-clock cap counts from here
     rejected: int = 0  # draws refused before they became trials (hpo only)
     duplicates: int = 0  # trials that repeat an earlier trial's config
+
+    def within(self, seconds: float) -> Run:
+        """This run with only the epochs it reached within `seconds` of its start: Optuna's
+        timeout lets running trials finish the epoch they are in, Ray stops them at once."""
+        return dataclasses.replace(self, events=[e for e in self.events
+                                                 if e[0] <= self.t0 + seconds])
 
     def curve(self) -> list[tuple[int, float]]:
         """(epochs spent, best validation accuracy so far) after every epoch, in time order."""
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--space", default=str(REPO / "spaces" / "cifar10.py"))
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--full", action="store_true",
-                   help="all the data, the space's epochs, a 400-epoch budget: for a GPU")
+                   help="all the data, the space's epochs, a 400-epoch budget, 60 min: for a GPU")
     p.add_argument("--fraction", type=float)
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--grace-period", type=int)
@@ -135,11 +142,18 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in range(args.seeds):
         for method in methods:  # seeds outermost: a load spike hits every method alike
-            run = search(method, seed, space, args, data, work, budget)
-            results[method].append(summarise(run, space, data, work, device))
-            r = results[method][-1]
+            saved = work / "runs" / f"{method.replace(':', '-')}-seed{seed}.json"
+            if saved.is_file():  # a rerun with the same --work skips the searches done
+                r = json.loads(saved.read_text())
+            else:
+                run = search(method, seed, space, args, data, work, budget)
+                r = summarise(run.within(budget["seconds"]), space, data, work, device)
+                saved.parent.mkdir(exist_ok=True)
+                saved.write_text(json.dumps(r) + "\n")
+            results[method].append(r)
+            test = "diverged" if r["test_acc"] is None else f"{r['test_acc']:.4f}"
             print(f"  {method:<22} seed {seed}: best val {r['best_val']:.4f}, test "
-                  f"{r['test_acc']:.4f}, {r['trials']} trials, wasted {r['wasted']}, "
+                  f"{test}, {r['trials']} trials, wasted {r['wasted']}, "
                   f"{r['epochs_spent']} epochs, {r['wall_s']:.0f} s", flush=True)
 
     figures = {"provenance": provenance(device, load_before),
@@ -212,7 +226,7 @@ def search_hpo(method: str, seed: int, space: Space, args, work: Path, budget: d
     events = [(r.t_end, str(r.trial_id), int(r.epoch), float(r.val_acc))
               for r in epochs.itertuples() if r.epoch >= 1]
     return Run(method, seed, events, configs,
-               {str(r.trial_id): r.status for r in board.itertuples()}, wall,
+               {str(r.trial_id): r.status for r in board.itertuples()}, wall, t0,
                rejected=meta.get("rejected", 0),
                duplicates=int((board.status == "duplicate").sum()))
 
@@ -266,9 +280,9 @@ def search_ray(method: str, seed: int, space: Space, data: Dataset, work: Path,
             return spent.over()
 
     resources = {"cpu": 1, "gpu": budget["gpus"]}
+    t0 = time.time()  # Ray's start counts, as it does in hpo's search
     ray.init(address="local", num_cpus=budget["cpus"], include_dashboard=False,
              log_to_driver=False)
-    t0 = time.time()
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_ray_trial, data=data.without_test()),
@@ -299,7 +313,7 @@ def search_ray(method: str, seed: int, space: Space, data: Dataset, work: Path,
                 events.append((row.t_end, trial, int(row.epoch), float(row.val_acc)))
         last = df["status"].iloc[-1] if "status" in df else "stopped"
         statuses[trial] = "stopped" if last == "running" else last
-    return Run(method, seed, events, configs, statuses, wall,
+    return Run(method, seed, events, configs, statuses, wall, t0,
                duplicates=_duplicates(configs))
 
 
@@ -348,9 +362,11 @@ def search_optuna(seed: int, space: Space, data: Dataset, budget: dict) -> Run:
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.HyperbandPruner(min_resource=space.grace_period,
                                               max_resource=space.max_epochs,
-                                              reduction_factor=space.reduction_factor))
+                                              reduction_factor=round(space.reduction_factor)))
     spent = _Budget(budget["epochs"], budget["seconds"])
     events, configs, statuses, lock = [], {}, {}, threading.Lock()
+    # its threads share one device, as the Ray methods' trials share theirs
+    device = "cuda" if budget["gpus"] and torch.cuda.is_available() else "cpu"
     train_only = data.without_test()
 
     class Spent(Exception):
@@ -377,7 +393,7 @@ def search_optuna(seed: int, space: Space, data: Dataset, budget: dict) -> Run:
             if epoch >= 1 and trial.should_prune():
                 raise optuna.TrialPruned
 
-        last = run_trial(config, train_only, report, device="cpu")
+        last = run_trial(config, train_only, report, device=device)
         return last.get(space.metric) or 0.0
 
     threads = torch.get_num_threads()
@@ -389,7 +405,7 @@ def search_optuna(seed: int, space: Space, data: Dataset, budget: dict) -> Run:
     finally:
         torch.set_num_threads(threads)
     statuses = {t: "stopped" if s == "running" else s for t, s in statuses.items()}
-    return Run("optuna-hyperband", seed, events, configs, statuses, time.time() - t0,
+    return Run("optuna-hyperband", seed, events, configs, statuses, time.time() - t0, t0,
                duplicates=_duplicates(configs))
 
 
@@ -414,7 +430,8 @@ def summarise(run: Run, space: Space, data: Dataset, work: Path,
         config.pop("trial", None)
         out = work / "final" / f"{run.method.replace(':', '-')}-seed{run.seed}"
         done = retrain(config, data, [0], out, console=Console(file=io.StringIO()))
-        test_acc = done["mean"]
+        if math.isfinite(done["mean"]):  # else it diverged when retrained: no test figure
+            test_acc = done["mean"]
         for file in out.glob("*.pt"):  # the weights are not a figure
             file.unlink()
     curve = run.curve()
@@ -440,6 +457,7 @@ def aggregate(runs: list[dict], epoch_budget: int) -> dict:
     per_seed = [[at(r["curve"], e) for e in grid] for r in runs]
     vals = [r["best_val"] for r in runs]
     tests = [r["test_acc"] for r in runs if r["test_acc"] is not None]
+    # a chosen config that diverged when retrained has no test accuracy: counted, not averaged
 
     def stats(xs):
         return (statistics.fmean(xs) if xs else None,
@@ -447,6 +465,7 @@ def aggregate(runs: list[dict], epoch_budget: int) -> dict:
 
     return {"best_val_mean": stats(vals)[0], "best_val_std": stats(vals)[1],
             "test_mean": stats(tests)[0], "test_std": stats(tests)[1],
+            "retrain_diverged": len(runs) - len(tests),
             "trials_mean": statistics.fmean(r["trials"] for r in runs),
             "wasted_total": {w: sum(r["wasted"][w] for r in runs) for w in WASTE},
             "rejected_total": sum(r["rejected"] for r in runs),

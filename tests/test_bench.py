@@ -100,3 +100,9 @@ def test_search_quality_tiny_runs_every_method_on_two_seeds(tmp_path):
         assert len(f["anytime"]["mean"]) == 4
     assert png.stat().st_size > 0
     assert "best val (full budget)" in done.stdout
+    # bench/dimensions.py reads the same searches back: hpo's 4 studies and Ray's 4 experiments
+    dims = subprocess.run([sys.executable, str(REPO / "bench" / "dimensions.py"),
+                           str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert dims.returncode == 0, dims.stdout + dims.stderr
+    assert " in 8 searches" in dims.stdout and "  optimizer " in dims.stdout, dims.stdout

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpo.config import SCHEMA, complete
+from hpo.config import SCHEMA, complete, schema_key
 from hpo.model import Infeasible, build_model, count_parameters
 from hpo.space import Choice, IntRange, load_space
 
@@ -25,7 +25,9 @@ def test_starting_points_have_the_reports_parameter_counts(name, classes, expect
 
 def _values(name, dim):
     if isinstance(dim, Choice):
-        return list(dim.values)
+        # every value hpo supports, not only those the space keeps: a user may add them back
+        allowed = SCHEMA[schema_key(name)].choices
+        return list(dim.values) + [v for v in allowed or () if v not in dim.values]
     if isinstance(dim, IntRange):
         return list(range(dim.low, dim.high + 1, dim.step))
     return [dim.low, dim.high]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.config import complete
+from hpo.config import SCHEMA, complete, schema_key
 from hpo.data import Dataset
 from hpo.space import load_space, random_configs
 from hpo.train import lr_factor, run_trial
@@ -102,7 +102,9 @@ def test_imagefolder_space_trains_on_grayscale_images_of_another_size(tmp_path):
 
 OTHER = [(n, v) for n, d in load_space(Path(__file__).parents[1] / "spaces/cifar10.py")
          .searched().items()
-         for v in (list(d.values) if hasattr(d, "values") else [d.low, d.high])
+         # a choice: every value hpo supports, also those the space leaves out
+         for v in (list(dict.fromkeys([*d.values, *(SCHEMA[schema_key(n)].choices or ())]))
+                   if hasattr(d, "values") else [d.low, d.high])
     if n.startswith(("aug_", "normalize", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "label_smoothing", "batch_size", "schedule",
                      "warmup_epochs", "step_every", "plateau_patience"))]
