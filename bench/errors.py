@@ -52,7 +52,7 @@ def main() -> None:
             sys.exit(f"could not make the study: {made.stderr[-2000:]}")
         (tmp / "cases").mkdir()
         rows = []
-        for argv, _ in [(["--help"], "")] + cases(tmp / "cases", data):
+        for argv, *_ in [(["--help"], "")] + cases(tmp / "cases", data):
             times = []
             for _ in range(args.repeats):
                 seconds, out = run(argv, tmp)
