@@ -33,14 +33,20 @@ def searches(work: Path) -> list[list[tuple[dict, float]]]:
     return [s for s in found if s]
 
 
-def _hpo(folder: Path) -> list[tuple[dict, float]]:
+def trial_configs(folder: Path) -> dict[str, dict]:
+    """An hpo study's complete config of every trial, by trial id, from its Optuna record."""
     import optuna
-    import pandas as pd
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     record = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder}/study.db")
-    configs = {str(t.number): t.user_attrs["hpo_config"] for t in record.get_trials()
-               if "hpo_config" in t.user_attrs}
+    return {str(t.number): t.user_attrs["hpo_config"] for t in record.get_trials()
+            if "hpo_config" in t.user_attrs}
+
+
+def _hpo(folder: Path) -> list[tuple[dict, float]]:
+    import pandas as pd
+
+    configs = trial_configs(folder)
     board = pd.read_csv(folder / "leaderboard.csv", dtype={"trial_id": str})
     return [(configs[r.trial_id], float(r.val_acc if math.isfinite(r.val_acc) else 0.0))
             for r in board.itertuples() if r.trial_id in configs]

@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from common import DEFAULT_DATA, REPO, provenance  # noqa: E402
+from dimensions import trial_configs  # noqa: E402
 
 from hpo.data import Dataset, load_dataset  # noqa: E402
 from hpo.space import SAMPLERS, Space, load_space  # noqa: E402
@@ -193,8 +194,6 @@ def search(method: str, seed: int, space: Space, args, data: Dataset, work: Path
 
 
 def search_hpo(method: str, seed: int, space: Space, args, work: Path, budget: dict) -> Run:
-    import optuna
-
     from hpo.tuning import SearchOptions, run_study
 
     path = Path(args.space)
@@ -220,15 +219,14 @@ def search_hpo(method: str, seed: int, space: Space, args, work: Path, budget: d
     epochs = pd.read_csv(folder / "epochs.csv")
     board = pd.read_csv(folder / "leaderboard.csv")
     meta = json.loads((folder / "study.json").read_text())
-    record = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder}/study.db")
-    configs = {str(t.number): t.user_attrs["hpo_config"] for t in record.get_trials()
-               if "hpo_config" in t.user_attrs}
+    configs = trial_configs(folder)
     events = [(r.t_end, str(r.trial_id), int(r.epoch), float(r.val_acc))
               for r in epochs.itertuples() if r.epoch >= 1]
     return Run(method, seed, events, configs,
                {str(r.trial_id): r.status for r in board.itertuples()}, wall, t0,
-               rejected=meta.get("rejected", 0),
-               duplicates=int((board.status == "duplicate").sum()))
+               # a repeated draw reuses the earlier result (study.json's "duplicates"):
+               # hpo never runs one
+               rejected=meta.get("rejected", 0), duplicates=0)
 
 
 class _Budget:

@@ -15,8 +15,8 @@ grace_period = 2  # epochs every trial gets before ASHA may stop it
 reduction_factor = 3  # ASHA keeps the top 1/3 at each rung
 val_fraction = 0.1  # held out of the training split; the test split is never searched on
 
-# Multivariate TPE, modelling once 3 trials are recorded (the starting points): on
-# bench/search_quality.py it reached a higher validation accuracy than univariate TPE with 3
+# Multivariate TPE, modelling once 3 trials are recorded (the starting points come first): on
+# bench/search_quality.py it reached a higher mean validation accuracy than univariate TPE with 3
 # or 10 random start-up trials (BENCHMARKS.md, "Search quality"). sampler = "tpe" is hpo's default.
 sampler = "tpe-multivariate"
 startup_trials = 3
