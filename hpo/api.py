@@ -12,7 +12,6 @@ Nothing here imports torch or Ray until a search or a retrain starts.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import os
 import sys
@@ -21,11 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo.config import read_config
-from hpo.files import read_json_object
+from hpo.folder import StudyFolder
 from hpo.lock import StudyLock
-from hpo.study import check_study_folder, load_study_space, read_meta
-from hpo.tuning.options import check_data_path
-from hpo.weights import check_weights
+from hpo.study import load_study_space, read_meta
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,19 +35,20 @@ def search(space: str | os.PathLike, **options: Any) -> Study:
     (data=, trials=, max_epochs=, fraction=, name=, fresh=, num_cpus=, log=("mlflow",),
     verbose=, ...; time_budget= is in seconds). Returns the Study.
 
-    Raises hpo.tuning.StudyError (a ValueError) with the command line's one-line message for a
-    bad value, file or study, before anything is written; TypeError for an unknown keyword;
-    KeyboardInterrupt after the notebook's Stop (or Ctrl-C), once everything is saved (the
-    same call continues the study). In Jupyter the live view is the cell's output; Ray's
+    Raises an hpo.errors.HpoError (a ValueError) with the command line's one-line message
+    for a bad value, file or study, before anything is written; TypeError for an unknown
+    keyword; KeyboardInterrupt after the notebook's Stop (or Ctrl-C), once everything is saved
+    (the same call continues the study). In Jupyter the live view is the cell's output; Ray's
     output goes to results/<study>/ray.log.
     """
-    from hpo.tuning import SearchOptions, run_study
+    from hpo.options import SearchOptions, from_keywords
+    from hpo.study import run_study
 
-    fields = [f.name for f in dataclasses.fields(SearchOptions)]
-    unknown = [name for name in options if name not in fields]
-    if unknown:
-        raise TypeError(f"hpo.search: no option {unknown[0]!r} (options: {', '.join(fields)})")
-    return Study(run_study(space, SearchOptions(**options), console=_cell_console()))
+    checked = from_keywords(SearchOptions, options, "hpo.search")
+    study = Study(run_study(space, checked, console=_cell_console()))
+    if checked.final and study.best_config is not None:
+        study.train(checked.seeds, weights_dir=checked.weights_dir)
+    return study
 
 
 def load(folder: str | os.PathLike) -> Study:
@@ -69,7 +67,7 @@ class Study:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        check_study_folder(self.folder)
+        StudyFolder(self.folder).check()
 
     @property
     def name(self) -> str:
@@ -93,15 +91,15 @@ class Study:
         val_loss, train_loss, img_per_s, ...), empty before the first epoch ends."""
         import pandas as pd
 
-        from hpo.leaderboard import EPOCH_COLUMNS
+        from hpo.views import EPOCH_COLUMNS
 
-        path = self.folder / "epochs.csv"
+        path = StudyFolder(self.folder).epochs
         return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=EPOCH_COLUMNS)
 
     @property
     def best_config(self) -> dict[str, Any] | None:
         """The best finished trial's complete config (best.json); None before one ends."""
-        path = self.folder / "best.json"
+        path = StudyFolder(self.folder).best_config
         return read_config(path) if path.is_file() else None
 
     def train(self, seeds: int = 3, points: Sequence[str] = (), *,
@@ -114,29 +112,17 @@ class Study:
         summary at the top, starting points' under "starting_points". `data` and `fraction`
         override the study's (e.g. the full data after a search on a fraction);
         `weights_dir` is where pretrained backbones' weights are (hpo.weights)."""
-        points = [points] if isinstance(points, str) else list(points)
-        space = load_study_space(self.folder)
-        unknown = [n for n in points if n not in space.starting_points]
-        if unknown:
-            raise ValueError(f"{self.folder}: no starting point {unknown[0]!r} in its space "
-                             f"(it has: {', '.join(space.starting_points) or 'none'})")
-        best = None if points else read_config(self.folder / "best.json")
-        data = None if data is None else os.fspath(data)
-        check_data_path(data)
-        check_weights([space.point(n) for n in points] or [best],
-                      None if weights_dir is None else os.fspath(weights_dir))
+        from hpo.final import train
+        from hpo.options import TrainOptions, from_keywords
 
-        from hpo.final import retrain
-        from hpo.study import load_study_data
-
-        space, dataset = load_study_data(self.folder, data, fraction)
-        folder = Path(out or self.folder / "final")
-        for name, config in [(n, space.point(n)) for n in points] or [("best", best)]:
-            if epochs:
-                config = {**config, "epochs": epochs}
-            retrain(config, dataset, range(seeds), folder, name,
-                    console or _notebook_text_console())
-        return read_json_object(folder / "results.json", "results file")
+        points = (points,) if isinstance(points, str) else tuple(points)
+        options = from_keywords(TrainOptions, dict(
+            target=str(self.folder), seeds=seeds, point=points,
+            data=None if data is None else os.fspath(data), fraction=fraction, epochs=epochs,
+            out=None if out is None else os.fspath(out),
+            weights_dir=None if weights_dir is None else os.fspath(weights_dir)),
+            "Study.train")
+        return train(options, console or _notebook_text_console())
 
     def report(self, show: bool = True) -> Path:
         """`hpo report`: write <study>/report.html and return its path; in a notebook (with
@@ -163,6 +149,9 @@ def _summary(study: Study) -> str:
     """The HTML summary of a study: name and state, trials by status, best value and config,
     where its files are."""
     from hpo import fmt  # pandas: only once a study is shown
+    from hpo.errors import HpoError
+    from hpo.leaderboard import metric_of
+    from hpo.status import FINISHED
 
     e = html.escape
     meta = study.meta
@@ -176,23 +165,24 @@ def _summary(study: Study) -> str:
         rows.append(("trials", e(f"{len(board)} of {meta.get('trials', '?')}: " + ", ".join(
             f"{counts[status]} {status}" for status in sorted(counts, key=lambda s: (
                 -counts[s], s))))))
-        metric = board.columns[4]  # rank, trial_id, point, status, then the metric
+        metric = metric_of(board.columns)
         top = board.iloc[0]
-        if top["status"] in ("completed", "stopped") and top[metric] == top[metric]:
+        if top["status"] in FINISHED and top[metric] == top[metric]:
             point = f", starting point {top['point']}" if isinstance(top["point"], str) else ""
             rows.append((f"best {e(metric)}", e(f"{fmt.metric(top[metric])} (trial "
                                                   f"{top['trial_id']}{point})")))
     best = study.best_config
     if best:
         try:  # the values the search chose; the rest is fixed or default (best.json has all)
-            searched = [k for k, d in load_study_space(study.folder).dimensions.items()
-                        if hasattr(d, "describe") and k in best]
-        except ValueError:
+            searched = [k for k in load_study_space(study.folder).searched() if k in best]
+        except HpoError:
             searched = list(best)
         rows.append(("best config", "<code>" + e(", ".join(
             f"{k}={fmt.column(k, [best[k]])[0]}" for k in searched or best)) + "</code>"))
-    files = [f for f in ("leaderboard.csv", "epochs.csv", "best.json", "best.pt",
-                         "report.html", "final", "ray.log") if (study.folder / f).exists()]
+    folder = StudyFolder(study.folder)
+    files = [p.name for p in (folder.leaderboard, folder.epochs, folder.best_config,
+                              folder.best_weights, folder.report, folder.final, folder.ray_log)
+             if p.exists()]
     rows.append(("files", e(f"{study.folder}/: " + ", ".join(files))))
     body = "".join(f'<tr><th style="text-align:left;vertical-align:top">{k}</th>'
                    f'<td style="text-align:left">{v}</td></tr>' for k, v in rows)

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo.model import Infeasible
-from hpo.weights import WeightsError, find_weights, missing_message
+from hpo.errors import Infeasible, WeightsError
+from hpo.registry import BACKBONES
+from hpo.weights import find_weights, missing_message
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,15 +53,14 @@ def _vgg(net: nn.Module) -> list[nn.Module]:
     return [net.features[a:b] for a, b in zip([0, *ends], ends)]
 
 
-# backbone -> its five stages, from a torchvision model of that name
-STAGES: dict[str, Callable[[nn.Module], list[nn.Module]]] = {
-    "resnet18": _resnet,
-    "resnet50": _resnet,
-    "vgg16": _vgg,
-    "efficientnet_b0": _groups((0, 2), (2, 3), (3, 4), (4, 6), (6, 9)),
-    "mobilenet_v3_large": _groups((0, 2), (2, 4), (4, 7), (7, 13), (13, 17)),
-    "convnext_tiny": _groups((0, 1), (1, 2), (2, 4), (4, 6), (6, 8)),
-}
+def stages(name: str, net: nn.Module) -> list[nn.Module]:
+    """The five stages of backbone `name` (hpo.registry.BACKBONES) in its torchvision model."""
+    layout = BACKBONES[name].stages
+    if layout == "resnet":
+        return _resnet(net)
+    if layout == "vgg":
+        return _vgg(net)
+    return _groups(*layout)(net)
 
 
 class Backbone(nn.Module):
@@ -132,7 +132,7 @@ def build_body(config: Mapping[str, Any], image_shape: tuple[int, int, int]
         net.load_state_dict(load_weights(name), assign=True)
     else:
         net = get_model(name)
-    body = Backbone(STAGES[name](net)[:cut], min(config["frozen"], cut))
+    body = Backbone(stages(name, net)[:cut], min(config["frozen"], cut))
     return body, out
 
 
@@ -141,7 +141,7 @@ def _output_shape(name: str, cut: int, shape: tuple[int, int, int]) -> tuple[int
     from torchvision.models import get_model
 
     with torch.device("meta"):
-        body = nn.Sequential(*STAGES[name](get_model(name))[:cut]).eval()
+        body = nn.Sequential(*stages(name, get_model(name))[:cut]).eval()
         try:
             y = body(torch.empty(1, *shape))
         except RuntimeError as exc:

@@ -1,9 +1,11 @@
-"""`hpo`: thin commands over the package's functions. Each prints with rich and exits 2 with
-one line on bad input.
+"""`hpo`: thin commands over the package's functions. Each prints with rich and, on a mistake,
+exits with one line.
 
-Every option is checked by its argparse type, and every file by the command, before torch or
-Ray is imported and before any file of a study is written: a mistake costs well under a
-second and changes nothing. Heavy imports therefore live inside the commands.
+The options of `hpo search` and `hpo train` come from their declarations (hpo.options), and
+every value is checked as it is parsed, before torch or Ray is imported and before any file of
+a study is written: a mistake costs well under a second and changes nothing. Heavy imports
+therefore live inside the commands. Only hpo's own errors (hpo.errors) become one line;
+anything else is a bug, shown with its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -28,84 +31,54 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _option(bound):
-    """An argparse type checking a value against `bound` (hpo.tuning.options.Bound): the
-    one line argparse prints names the allowed range, as hpo.search's error does."""
-    def parse(text: str):
-        try:
-            return bound.parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return parse
-
-
 def cmd_search(args) -> int:
     """Search a space file; results go to results/<study>/."""
-    from hpo.tuning import SearchOptions, run_study
+    from hpo.options import SearchOptions, TrainOptions, from_arguments
+    from hpo.study import run_study
 
-    options = SearchOptions(
-        data=args.data, trials=args.trials, max_epochs=args.max_epochs,
-        grace_period=args.grace_period, name=args.name, fraction=args.fraction,
-        split_seed=args.split_seed, seed=args.seed, storage=args.storage,
-        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        trials_per_gpu=args.trials_per_gpu, address=args.address,
-        storage_path=args.storage_path, fresh=args.fresh, num_cpus=args.num_cpus,
-        concurrency=args.concurrency, checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep_checkpoints, epoch_budget=args.epoch_budget,
-        time_budget=args.time_budget and args.time_budget * 60, results=Path(args.results),
-        weights_dir=args.weights_dir, log=tuple(dict.fromkeys(args.log)),
-        wandb_project=args.wandb_project, verbose=args.verbose)
+    options = from_arguments(SearchOptions, args)
     study = run_study(args.space, options)
     console = _console()
-    if args.final and (study / "best.json").is_file():
-        from hpo.api import Study
+    if options.final and (study / "best.json").is_file():
+        from hpo.final import train
 
-        Study(study).train(args.seeds, console=console)
-    console.print(f"next: hpo leaderboard {study}   ·   hpo export {study} --rank 1 -o best.json")
+        train(TrainOptions(target=str(study), seeds=options.seeds,
+                           weights_dir=options.weights_dir), console)
+    console.print(f"next: hpo leaderboard {study}   ·   hpo report {study}   ·   "
+                  f"hpo train {study}")
     return 0
 
 
 def cmd_train(args) -> int:
     """Retrain a config on train + validation for its full epochs, test once per seed."""
-    from hpo.config import read_config
-    from hpo.tuning.options import check_data_path
+    from hpo.final import train
+    from hpo.options import TrainOptions, from_arguments
 
-    target = Path(args.target)
-    if target.is_dir():
-        from hpo.api import Study
-
-        Study(target).train(args.seeds, args.point, data=args.data, fraction=args.fraction,
-                            epochs=args.epochs, out=args.out, weights_dir=args.weights_dir,
-                            console=_console())
-        return 0
-    if target.suffix == ".json" or target.is_file():
-        config = read_config(target)
-        if not args.data:
-            raise ValueError(f"{target}: pass --data for a config outside a study")
-    else:
-        raise ValueError(f"{target}: no such config file or study folder")
-    check_data_path(args.data)
-    from hpo.weights import check_weights
-
-    check_weights([config], args.weights_dir)
-
-    from hpo.data import load_dataset
-    from hpo.final import retrain
-
-    data = load_dataset(args.data, fraction=args.fraction or 1.0)
-    if args.epochs:
-        config = {**config, "epochs": args.epochs}
-    retrain(config, data, range(args.seeds), Path(args.out or Path("results") /
-                                                   f"final-{target.stem}"), "best", _console())
+    train(from_arguments(TrainOptions, args), _console())
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     """Print a study's leaderboard to fit the terminal: the key columns, then the
-    hyperparameters that vary, as many as fit (--all, --columns to choose); --csv for pipes."""
+    hyperparameters that vary, as many as fit (--all, --columns to choose); --csv for pipes.
+    A leaderboard that is missing or damaged is rebuilt from the study's record first."""
+    from hpo.errors import StudyError
+    from hpo.folder import StudyFolder
     from hpo.leaderboard import read_leaderboard
 
-    board = read_leaderboard(args.study)  # first: a wrong path is told before the imports
+    folder = StudyFolder(args.study)
+    folder.check_exists()
+    try:
+        board = read_leaderboard(folder.path)
+    except StudyError:
+        if not folder.record.is_file():
+            raise
+        from hpo.views import repair
+
+        repair(folder)
+        print(f"{folder.leaderboard}: was missing or unreadable; rebuilt from the study's "
+              "record", file=sys.stderr)
+        board = read_leaderboard(folder.path)
     from hpo.table import print_leaderboard
 
     print_leaderboard(board, args.study, args.top, args.columns, args.all, args.csv,
@@ -115,9 +88,9 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_report(args) -> int:
     """Write results/<study>/report.html: curves, importances, Pareto front, final results."""
-    from hpo.study import check_study_folder
+    from hpo.folder import StudyFolder
 
-    check_study_folder(Path(args.study))
+    StudyFolder(args.study).check()
     from hpo.report import write_report
 
     _console().print(f"report → {write_report(args.study)}")
@@ -130,7 +103,10 @@ def cmd_export(args) -> int:
 
     from hpo.files import write_json
     from hpo.leaderboard import config_at_rank
+    from hpo.preflight import check_output
 
+    if args.output != "-":
+        check_output(args.output, "-o")
     config = config_at_rank(args.study, args.rank)
     if args.output == "-":
         print(json.dumps(config, indent=2))
@@ -149,7 +125,8 @@ def cmd_show(args) -> int:
     from rich.table import Table
 
     from hpo.config import complete
-    from hpo.model import Infeasible, build_model, count_parameters
+    from hpo.errors import Infeasible
+    from hpo.model import build_model, count_parameters
 
     console = _console()
     table = Table(title=f"{space.path}: {space.trials} trials · {space.max_epochs} max epochs · "
@@ -157,11 +134,10 @@ def cmd_show(args) -> int:
                   f"{space.mode} {space.metric}", header_style="bold")
     for c in ("dimension", "values", "conditional"):
         table.add_column(c)
-    for name, dim in space.dimensions.items():
-        if hasattr(dim, "describe"):
-            table.add_row(name, dim.describe(), "yes" if dim.when else "")
-        else:
-            table.add_row(name, f"= {dim!r}", "")
+    for name, dim in space.searched().items():
+        table.add_row(name, dim.describe(), "yes" if dim.when else "")
+    for name, value in space.constants().items():
+        table.add_row(name, f"= {value!r}", "")
     console.print(table)
     shape = (space.channels or 3, space.image_size or 32, space.image_size or 32)
     points = Table(title=f"starting points (input {shape[0]}×{shape[1]}×{shape[2]}, "
@@ -181,24 +157,15 @@ def cmd_show(args) -> int:
     return 0
 
 
-def _fail(exc: BaseException) -> int:
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    print(f"hpo: error: {lines[0]}", file=sys.stderr)
-    return 2
-
-
-def _weights_dir_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights-dir", help="folder of pretrained backbones' weights files, as "
-                   "torchvision names them (default: torchvision's cache under $TORCH_HOME)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from hpo.tuning.options import BOUNDS, CHECKPOINT_EVERY_S, TRACKERS, Bound
+    from hpo.options import SearchOptions, TrainOptions, add_arguments
+    from hpo.values import WHOLE
 
-    def bounded(field: str):
-        return _option(BOUNDS[field])
-
-    POSITIVE, FRACTION = _option(Bound(1, whole=True)), bounded("fraction")
+    def whole(text: str) -> int:
+        try:
+            return WHOLE.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     parser = _Parser(prog="hpo", description="Hyperparameter search for image-classification "
                      "CNNs: Optuna TPE + ASHA on Ray Tune.")
@@ -206,88 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help=cmd_search.__doc__, description=cmd_search.__doc__)
     p.add_argument("space", help="a space file, e.g. spaces/cifar10.py")
-    p.add_argument("--data", help="dataset: a Parquet folder (Hugging Face layout), a torchvision "
-                   "CIFAR-10 folder, torchvision:DIR to download, or a folder of class folders "
-                   "(default: the space file's, or the study's on a resume)")
-    p.add_argument("--trials", type=bounded("trials"),
-                   help="trials to run (overrides the space file); "
-                   "more than a finished study ran extends it")
-    p.add_argument("--max-epochs", type=bounded("max_epochs"),
-                   help="epochs of a full trial; ASHA's max_t")
-    p.add_argument("--grace-period", type=bounded("grace_period"),
-                   help="epochs before ASHA may stop a trial (1..max epochs)")
-    p.add_argument("--name", help="study name (default: the space file's name); an existing "
-                   "study of that name is resumed")
-    p.add_argument("--fresh", action="store_true",
-                   help="start over under a new name (<name>-2, ...) instead of resuming")
-    p.add_argument("--fraction", type=FRACTION,
-                   help="train on this fixed-seed fraction of the training set, in (0, 1], "
-                        "for quick runs (default 1)")
-    p.add_argument("--split-seed", type=bounded("split_seed"),
-                   help="seed of the validation split and of --fraction (default 0)")
-    p.add_argument("--seed", type=bounded("seed"), help="seed of the sampler (default 0)")
-    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://... for a cluster "
-                   "(default: results/<study>/study.db)")
-    p.add_argument("--gpus-per-trial", type=bounded("gpus_per_trial"),
-                   help="GPU fraction per trial (default: from each trial's predicted memory, "
-                        "calibrated on the GPU)")
-    p.add_argument("--trials-per-gpu", type=bounded("trials_per_gpu"), default=4,
-                   help="at most this many trials share a GPU when hpo picks (default 4)")
-    p.add_argument("--cpus-per-trial", type=bounded("cpus_per_trial"), default=1.0,
-                   help="CPUs per trial (default 1)")
-    p.add_argument("--address", help="join a running Ray cluster (e.g. auto); default: local Ray")
-    p.add_argument("--storage-path", help="where trials write results and checkpoints: a "
-                   "path every node shares, or s3://... / gs://... (default: the study folder)")
-    p.add_argument("--num-cpus", type=bounded("num_cpus"),
-                   help="CPUs the local Ray may use (default: all)")
-    p.add_argument("--concurrency", type=bounded("concurrency"),
-                   help="trials at once (default: as resources allow)")
-    p.add_argument("--checkpoint-every", type=bounded("checkpoint_every"),
-                   default=CHECKPOINT_EVERY_S, metavar="SECONDS",
-                   help="seconds of training between a trial's checkpoints (default "
-                        f"{CHECKPOINT_EVERY_S:g}); it also checkpoints at each ASHA rung and at "
-                        "its end")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every trial's last checkpoint after it ends (default: only the "
-                        "best trial's weights, as best.pt)")
-    p.add_argument("--epoch-budget", type=bounded("epoch_budget"), metavar="EPOCHS",
-                   help="stop this run once its trials have trained this many epochs in all "
-                        "(the same command continues the study)")
-    p.add_argument("--time-budget", type=bounded("time_budget"), metavar="MINUTES",
-                   help="stop this run after this many minutes (the same command continues)")
-    p.add_argument("--results", default="results", help="folder of study folders")
-    p.add_argument("--log", action="append", default=[], choices=list(TRACKERS),
-                   help="also log every trial's config and per-epoch metrics to this "
-                        "experiment tracker (repeatable): mlflow (MLFLOW_TRACKING_URI, default "
-                        "<results>/mlflow.db), wandb (--wandb-project or WANDB_PROJECT)")
-    p.add_argument("--wandb-project", help="the W&B project of --log wandb (default: "
-                   "WANDB_PROJECT)")
-    p.add_argument("--verbose", action="store_true",
-                   help="show Ray's output on the terminal too (it always goes to "
-                        "results/<study>/ray.log)")
-    p.add_argument("--final", action="store_true",
-                   help="then retrain the best config on train + val and test it (hpo train)")
-    p.add_argument("--seeds", type=POSITIVE, default=3,
-                   help="seeds of the final retrain (default 3)")
-    _weights_dir_argument(p)
+    add_arguments(p, SearchOptions)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
-    p.add_argument("target", help="a study folder (retrains its best.json) or a config .json")
-    p.add_argument("--seeds", type=POSITIVE, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--point", action="append", default=[],
-                   help="retrain this starting point of the study's space instead (repeatable)")
-    p.add_argument("--data", help="dataset (default: the one the study searched)")
-    p.add_argument("--fraction", type=FRACTION, help="train on a fixed-seed fraction")
-    p.add_argument("--epochs", type=POSITIVE, help="override the config's epochs")
-    p.add_argument("--out", help="output folder (default: <study>/final)")
-    _weights_dir_argument(p)
+    add_arguments(p, TrainOptions)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help=cmd_leaderboard.__doc__,
                        description=cmd_leaderboard.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
-    p.add_argument("--top", type=POSITIVE, help="rows to show (default 10; --csv: all)")
+    p.add_argument("--top", type=whole, help="rows to show (default 10; --csv: all)")
     p.add_argument("--columns", help="these columns after the key ones, e.g. lr,optimizer,reason "
                    "(any column of leaderboard.csv); more tables if they do not fit")
     p.add_argument("--all", action="store_true",
@@ -296,33 +192,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the rows as CSV, unformatted, for a pipe or a file")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("export", help=cmd_export.__doc__)
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
-    p.add_argument("--rank", type=POSITIVE, default=1,
-                   help="leaderboard rank (default 1, the best)")
+    p.add_argument("--rank", type=whole, default=1, help="leaderboard rank (default 1, the best)")
     p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help=cmd_report.__doc__)
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("show", help=cmd_show.__doc__)
+    p = sub.add_parser("show", help=cmd_show.__doc__, description=cmd_show.__doc__)
     p.add_argument("space", help="a space file")
-    p.add_argument("--classes", type=POSITIVE, default=10, help="classes, for parameter counts")
+    p.add_argument("--classes", type=whole, default=10, help="classes, for parameter counts")
     p.set_defaults(func=cmd_show)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hpo.errors import HpoError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # SpaceError, StudyError, DataError among them
-        return _fail(exc)
+    except HpoError as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(f"hpo: error: {lines[0]}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("hpo: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # not a mistake hpo knows: a bug, with what is needed to fix it
+        traceback.print_exc()
+        print("hpo: this is a bug in hpo, not a mistake of yours; please report it with the "
+              "traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,58 +6,50 @@ A config is a flat, JSON-serialisable dict. Per-stage and per-layer keys carry t
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from hpo.errors import ConfigError
+from hpo.registry import ACTIVATIONS, BACKBONE_STAGES, BACKBONES, OPTIMIZERS, SCHEDULES
+from hpo.values import BOOL, Allowed, OneOf, Range
+
 MAX_STAGES = 5
 MAX_DENSE = 3
-# torchvision networks a config may start from (hpo/backbone.py says how each is cut in stages)
-BACKBONES = ("resnet18", "resnet50", "vgg16", "efficientnet_b0", "mobilenet_v3_large",
-             "convnext_tiny")
-BACKBONE_STAGES = 5
 
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: a default, and either allowed `choices` or a numeric [low, high] range."""
+    """One config key: its default and the values it allows."""
 
     default: Any
-    choices: tuple | None = None
-    low: float | None = None
-    high: float | None = None
-    integer: bool = False
-    positive: bool = False  # strictly above `low`
+    allowed: Allowed
 
     def check(self, name: str, value: Any) -> None:
-        """Raise ValueError naming `name` when `value` is not allowed."""
-        if self.choices is not None:
-            if value not in self.choices or isinstance(value, bool) != isinstance(
-                self.choices[0], bool
-            ):
-                raise ValueError(f"{name} must be one of {list(self.choices)}, got {value!r}")
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        if self.integer and int(value) != value:
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
-        if not math.isfinite(value) or value < self.low or value > self.high or (
-            self.positive and value <= self.low
-        ):
-            bracket = "(" if self.positive else "["
-            raise ValueError(f"{name} must be in {bracket}{self.low}, {self.high}], got {value!r}")
+        """Raise ConfigError naming `name` when `value` is not allowed."""
+        self.allowed.check(name, value)
+
+    @property
+    def choices(self) -> tuple | None:
+        """The values a categorical key takes (None for a numeric one)."""
+        return self.allowed.choices if isinstance(self.allowed, OneOf) else None
 
 
 def _int(default, low, high):
-    return Key(default, low=low, high=high, integer=True)
+    return Key(default, Range(low, high, whole=True))
 
 
 def _float(default, low, high, positive=False):
-    return Key(default, low=low, high=high, positive=positive)
+    return Key(default, Range(low, high, low_open=positive))
 
 
-BOOL = (False, True)
+def _one_of(default, choices):
+    return Key(default, OneOf(tuple(choices)))
+
+
+def _flag(default):
+    return Key(default, BOOL)
+
 
 # Keys with '#' stand for one key per stage (1..MAX_STAGES) or dense layer (1..MAX_DENSE).
 SCHEMA: dict[str, Key] = {
@@ -72,29 +64,29 @@ SCHEMA: dict[str, Key] = {
     "growth": _float(2.0, 1.0, 4.0),  # width of stage s = width * growth**(s-1)
     "width_#": _int(64, 1, 4096),  # explicit stage width; overrides width/growth
     "width_#_#": _int(64, 1, 4096),  # explicit width of one conv of one stage
-    "kernel": Key(3, choices=(3, 5)),
-    "padding": Key("same", choices=("same", "valid")),
-    "pool": Key("max", choices=("max", "avg", "conv")),
-    "pool_last": Key(True, choices=BOOL),
-    "activation": Key("relu", choices=("relu", "elu", "gelu", "leaky_relu")),
-    "bn": Key("before", choices=("none", "before", "after")),  # relative to the activation
-    "residual": Key(False, choices=BOOL),
-    "conv_bias": Key(True, choices=BOOL),
+    "kernel": _one_of(3, (3, 5)),
+    "padding": _one_of("same", ("same", "valid")),
+    "pool": _one_of("max", ("max", "avg", "conv")),
+    "pool_last": _flag(True),
+    "activation": _one_of("relu", ACTIVATIONS),
+    "bn": _one_of("before", ("none", "before", "after")),  # relative to the activation
+    "residual": _flag(False),
+    "conv_bias": _flag(True),
     "dropout_#": _float(0.0, 0.0, 0.6),  # after stage #
-    "head": Key("gap", choices=("gap", "flatten")),
+    "head": _one_of("gap", ("gap", "flatten")),
     "dense_layers": _int(0, 0, MAX_DENSE),
     "dense_#": _int(256, 1, 8192),
-    "dense_bn": Key(False, choices=BOOL),
+    "dense_bn": _flag(False),
     "dropout_head": _float(0.0, 0.0, 0.6),  # after each dense layer
     # a pretrained torchvision network in place of the stages above (hpo/backbone.py)
-    "backbone": Key("none", choices=("none", *BACKBONES)),
-    "pretrained": Key(True, choices=BOOL),  # ImageNet weights, else a random start
+    "backbone": _one_of("none", ("none", *BACKBONES)),
+    "pretrained": _flag(True),  # ImageNet weights, else a random start
     "cut": _int(BACKBONE_STAGES, 1, BACKBONE_STAGES),  # stages kept, from the input
     "frozen": _int(BACKBONE_STAGES, 0, BACKBONE_STAGES),  # stages frozen; >= cut: all
     "backbone_lr": _float(1.0, 0.0, 10.0, positive=True),  # x lr for its unfrozen stages
     "input_size": _int(0, 0, 1024),  # images resized on the device per batch; 0: as decoded
     # augmentation, applied per sample on the device; 0 or False means off
-    "aug_flip": Key(False, choices=BOOL),
+    "aug_flip": _flag(False),
     "aug_crop": _int(0, 0, 16),  # pixels of padding before the random crop
     "aug_rotate": _float(0.0, 0.0, 180.0),  # degrees, uniform in +-
     "aug_zoom": _float(0.0, 0.0, 0.9),  # scale uniform in [1-z, 1+z]
@@ -102,18 +94,16 @@ SCHEMA: dict[str, Key] = {
     "aug_cutout": _int(0, 0, 64),  # side of the erased square, pixels
     "aug_brightness": _float(0.0, 0.0, 1.0),
     "aug_contrast": _float(0.0, 0.0, 1.0),
-    "normalize": Key(True, choices=BOOL),  # per-channel mean/std of the training split
+    "normalize": _flag(True),  # per-channel mean/std of the training split
     # optimisation
-    "optimizer": Key(
-        "sgd", choices=("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "adamax")
-    ),
+    "optimizer": _one_of("sgd", OPTIMIZERS),
     "lr": _float(0.05, 0.0, 10.0, positive=True),
     "momentum": _float(0.9, 0.0, 0.999),  # sgd and rmsprop
-    "nesterov": Key(False, choices=BOOL),  # sgd with momentum > 0
+    "nesterov": _flag(False),  # sgd with momentum > 0
     "weight_decay": _float(0.0, 0.0, 0.1),
     "label_smoothing": _float(0.0, 0.0, 0.5),
     # learning-rate schedule, stepped per batch (plateau: per epoch on val_loss)
-    "schedule": Key("constant", choices=("constant", "step", "cosine", "onecycle", "plateau")),
+    "schedule": _one_of("constant", SCHEDULES),
     "warmup_epochs": _float(0.0, 0.0, 100.0),
     "step_every": _int(10, 1, 1000),  # epochs between decays of the step schedule
     "step_gamma": _float(0.1, 0.0, 1.0, positive=True),
@@ -136,12 +126,12 @@ def schema_key(name: str) -> str:
 
 
 def check_value(name: str, value: Any) -> None:
-    """Raise ValueError when `name` is not a config key or `value` is out of its range."""
+    """Raise ConfigError when `name` is not a config key or `value` is out of its range."""
     if name in LABELS:
         return
     key = SCHEMA.get(schema_key(name))
     if key is None:
-        raise ValueError(f"unknown config key {name!r}")
+        raise ConfigError(f"unknown config key {name!r}")
     key.check(name, value)
 
 
@@ -185,13 +175,13 @@ def _complete_dense(out: dict[str, Any], config: Mapping[str, Any]) -> dict[str,
 
 
 def read_config(path) -> dict[str, Any]:
-    """The trial config in a JSON file, checked key by key; ValueError naming the file and
+    """The trial config in a JSON file, checked key by key; ConfigError naming the file and
     the key otherwise."""
     from hpo.files import read_json_object
 
     config = read_json_object(path, "config file")
     try:
         check_config(config)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return config

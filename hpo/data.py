@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hpo.errors import DataError
+from hpo.files import cache_dir as default_cache_dir
 from hpo.files import replace_file
-from hpo.sources import DataError, decode_count, detect, materialise, one_line
+from hpo.sources import decode_count, detect, materialise, one_line
+from hpo.values import CHANNELS, FRACTION, IMAGE_SIZE, VAL_FRACTION
 
 __all__ = ["DataError", "Dataset", "channel_stats", "decode_count", "load_dataset"]
 
@@ -99,23 +102,21 @@ def load_dataset(source: str | os.PathLike, *, val_fraction: float = 0.1, seed: 
     resizes (bilinear) to a square; None requires one common size. `channels` 1 or 3; None
     picks 1 when all sampled images are grayscale. `fraction` in (0, 1] keeps a seeded subset of
     the training images (test stays whole); then a seeded permutation puts the first
-    round(val_fraction * N) in val, the rest in train. Raises ValueError for bad arguments and
-    DataError (one line, naming the path) for missing, unrecognised or unreadable data.
+    round(val_fraction * N) in val, the rest in train. Raises ConfigError for bad arguments
+    and DataError (one line, naming the path) for missing, unrecognised or unreadable data.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if not 0.0 <= val_fraction <= 0.9:
-        raise ValueError(f"val_fraction must be in [0, 0.9], got {val_fraction}")
-    if image_size is not None and (int(image_size) != image_size or image_size < 1):
-        raise ValueError(f"image_size must be a positive integer or None, got {image_size}")
-    if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
-    image_size = None if image_size is None else int(image_size)
+    FRACTION.check("fraction", fraction)
+    if val_fraction != 0:  # 0: no validation split (a retrain's data)
+        VAL_FRACTION.check("val_fraction", val_fraction)
+    if image_size is not None:
+        image_size = int(IMAGE_SIZE.check("image_size", image_size))
+    if channels is not None:
+        CHANNELS.check("channels", channels)
     fmt, path, files, read = detect(source)
     stats = [(os.path.relpath(f, path), f.stat()) for f in files]
     key = _digest([_CACHE_VERSION, fmt, str(path.resolve()), image_size, channels,
                    [(name, st.st_size, st.st_mtime_ns) for name, st in stats]], 32)
-    cache = Path(cache_dir or os.environ.get("HPO_CACHE") or Path.home() / ".cache" / "hpo")
+    cache = Path(cache_dir or default_cache_dir())
     arrays = _read_cache(cache / f"data-{key}.npz")
     if arrays is None:
         t0 = time.perf_counter()

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +31,8 @@ from torch import nn
 
 from hpo.augment import AUG_DEFAULTS
 from hpo.backbone import eval_batch, uses_backbone
+from hpo.device import EVAL_BATCH, preprocess
+from hpo.files import cache_dir, replace_file
 from hpo.weights import find_weights
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,8 @@ def _pooled(config: Mapping[str, Any]) -> bool:
     return config["head"] == "gap"
 
 
-def _folder() -> Path:
-    return Path(os.environ.get("HPO_CACHE") or Path.home() / ".cache" / "hpo")
-
-
 def _load_or_compute(key: str, body: nn.Module, dev, config, dtype):
-    folder = _folder()
+    folder = cache_dir()
     file = folder / f"features-{key}.pt"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -118,12 +115,10 @@ def _load_or_compute(key: str, body: nn.Module, dev, config, dtype):
 
 
 def _compute(body: nn.Module, dev, config, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    from hpo.train import preprocess  # train imports this module
-
     body.eval()
     out = []
     for x in (dev.x_train, dev.x_val):
-        step = eval_batch(config, tuple(x.shape[1:]), 2048)
+        step = eval_batch(config, tuple(x.shape[1:]), EVAL_BATCH)
         parts = []
         with torch.no_grad():
             for i in range(0, len(x), step):
@@ -142,18 +137,8 @@ def _compute(body: nn.Module, dev, config, dtype) -> tuple[torch.Tensor, torch.T
 
 
 def _write(file: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with replace_file(file) as f:  # readers see no file or the whole file
             torch.save(tensors, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # a shared cache must be readable by all
-        os.replace(tmp, file)  # atomic: readers see no file or the whole file
-        tmp = None
     except OSError as exc:  # the next trial computes them again
         log.warning("could not write feature cache %s (%s)", file, exc)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from hpo.errors import ConfigError
+
 
 def _read_umask() -> int:
     # /proc tells without changing it; os.umask() sets it while it reads, which another thread
@@ -64,6 +66,12 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+def cache_dir() -> Path:
+    """Where decoded datasets and a frozen backbone's features are kept between studies:
+    $HPO_CACHE, else ~/.cache/hpo."""
+    return Path(os.environ.get("HPO_CACHE") or Path.home() / ".cache" / "hpo")
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Replace `path` with `data` (str as UTF-8) through `replace_file`."""
     with replace_file(path) as f:
@@ -76,23 +84,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
-    """The JSON object in `path`. Raises ValueError with one line naming the file when it is
+    """The JSON object in `path`. Raises ConfigError with one line naming the file when it is
     missing, empty, not JSON, or not an object."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such {what}") from None
+        raise ConfigError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read this {what} ({exc})") from None
+        raise ConfigError(f"{path}: cannot read this {what} ({exc})") from None
     if not text.strip():
-        raise ValueError(f"{path}: the {what} is empty")
+        raise ConfigError(f"{path}: the {what} is empty")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                         f"{exc.msg})") from None
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: the {what} must hold a JSON object {{...}}, "
-                         f"not a {type(obj).__name__}")
+        raise ConfigError(f"{path}: the {what} must hold a JSON object {{...}}, "
+                          f"not a {type(obj).__name__}")
     return obj

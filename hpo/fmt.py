@@ -34,7 +34,7 @@ def kind_of(column: str, values: Iterable[Any] = ()) -> str:
             first = key.choices[0]
             return "bool" if isinstance(first, bool) else "int" if isinstance(
                 first, int) else "text"
-        return "int" if key.integer else "float"
+        return "int" if key.allowed.whole else "float"
     present = [v for v in values if not _blank(v)]
     if present and all(isinstance(v, (bool, np.bool_)) for v in present):
         return "bool"

@@ -15,9 +15,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-class StudyLocked(ValueError):
-    """Another live driver holds the study; the message names its host and PID."""
+from hpo.errors import StudyLocked
 
 
 class StudyLock:

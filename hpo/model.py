@@ -11,20 +11,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU}
-
-
-class Infeasible(ValueError):
-    """The config cannot be built for this input size (e.g. too many valid convs or pools), or
-    would not fit the device's memory.
-
-    `keys` are the config keys that together caused it (what to change); `excess` (> 0) says
-    how far over the limit it is, so a sampler can tell nearly feasible from hopeless.
-    """
-
-    def __init__(self, message: str, keys: tuple[str, ...] = (), excess: float = 1.0):
-        super().__init__(message)
-        self.keys, self.excess = tuple(keys), float(excess)
+from hpo.backbone import build_body
+from hpo.errors import Infeasible
+from hpo.registry import ACTIVATIONS
 
 
 def conv_width(config: Mapping[str, Any], s: int, c: int) -> int:
@@ -40,7 +29,7 @@ def _norm_act(layers: list, bn: str, width: int, act: str, norm: type[nn.Module]
     # "before"/"after" are relative to the activation, as the reports used both orders
     if bn == "before":
         layers.append(norm(width))
-    layers.append(ACTIVATIONS[act]())
+    layers.append(getattr(nn, ACTIVATIONS[act])())
     if bn == "after":
         layers.append(norm(width))
 
@@ -72,8 +61,6 @@ def build_model(config: Mapping[str, Any], in_shape: tuple[int, int, int],
     network, cut and frozen as it says (hpo/backbone.py), under the same head.
     """
     if config.get("backbone", "none") != "none":
-        from hpo.backbone import build_body  # here: hpo.backbone imports this module
-
         body, (channels, h, w) = build_body(config, in_shape)
         return nn.Sequential(body, *head_layers(config, channels, h, w, num_classes))
     channels, h, w = in_shape

@@ -17,13 +17,13 @@ from torch import nn
 
 from hpo.backbone import eval_batch, frozen_modules, input_shape
 from hpo.data import Dataset
-from hpo.model import Infeasible, build_model
-from hpo.train import EVAL_BATCH
+from hpo.device import EVAL_BATCH
+from hpo.errors import Infeasible
+from hpo.model import build_model
+from hpo.registry import OPTIMIZERS
 
 # per trial process, outside PyTorch's allocator: the CUDA context, cuBLAS/cuDNN handles
 CONTEXT_BYTES = 1 << 30
-# optimizer state per parameter, in fp32 values
-_STATE_SLOTS = {"adam": 2, "adamw": 2, "adamax": 2, "adadelta": 2, "adagrad": 1, "rmsprop": 2}
 
 
 def predict_bytes(config: Mapping[str, Any], image_shape: tuple[int, int, int],
@@ -54,7 +54,7 @@ def predict_bytes(config: Mapping[str, Any], image_shape: tuple[int, int, int],
             hook.remove()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fixed = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    slots = _STATE_SLOTS.get(config["optimizer"], 1 if config.get("momentum") else 0)
+    slots = OPTIMIZERS[config["optimizer"]].state_tensors(config)  # fp32 values each
     training = sum(sizes) + 2 * max(transient, default=0)
     # evaluation keeps no activations for backward, but runs batches of EVAL_BATCH (fewer
     # for a backbone's larger inputs): a layer's input and output (and a temporary) are

@@ -22,7 +22,9 @@ from matplotlib.figure import Figure  # not pyplot: the Agg canvas, no global ba
 
 from hpo import fmt
 from hpo.files import write_atomic
-from hpo.leaderboard import FAILURES, FIXED, STATUSES, read_leaderboard
+from hpo.leaderboard import FIXED, metric_of, read_leaderboard
+from hpo.registry import METRICS, sign
+from hpo.status import FAILURES, Status
 
 TOP = 15
 MIN_COMPLETE = 10  # fewer COMPLETE trials than this: importance also counts ASHA-stopped ones
@@ -61,18 +63,18 @@ def write_report(study: str | Path) -> Path:
     leaderboard.csv raises (FileNotFoundError). Never imports Ray.
     """
     from hpo.space import SpaceError
-    from hpo.study import apply_options, load_study_space, read_meta
+    from hpo.study import load_study_space, read_meta
 
     study = Path(study)
     board = read_leaderboard(study)
     meta = read_meta(study)
     try:
         # the budget the search ran under: its rungs are drawn from it
-        space = apply_options(load_study_space(study), meta.get("options") or {})
+        space = load_study_space(study)
     except SpaceError:
         space = None
-    metric = space.metric if space else str(board.columns[4])
-    mode = space.mode if space else ("min" if metric.endswith("loss") else "max")
+    metric = space.metric if space else metric_of(board.columns)
+    mode = space.mode if space else METRICS[metric].mode
     epochs = pd.read_csv(study / "epochs.csv") if (study / "epochs.csv").is_file() else None
     ctx = dict(study=study, board=board, meta=meta, space=space, metric=metric, mode=mode,
                epochs=epochs)
@@ -103,10 +105,10 @@ def pareto_front(df: pd.DataFrame, metric: str, mode: str,
     first; rows missing either value are ignored, and of equal rows only the first is kept."""
     rows = df.dropna(subset=[metric, size_col])
     rows = rows[np.isfinite(rows[metric].astype(float))]
-    rows = rows.sort_values([size_col, metric], ascending=[True, mode != "max"], kind="stable")
+    rows = rows.sort_values([size_col, metric], ascending=[True, sign(mode) < 0], kind="stable")
     keep, best = [], None
     for index, value in rows[metric].items():
-        if best is None or (value > best if mode == "max" else value < best):
+        if best is None or sign(mode) * value > sign(mode) * best:
             keep.append(index)
             best = value
     return rows.loc[keep]
@@ -163,7 +165,7 @@ def _named(row: dict[str, Any]) -> str:
 def _header(ctx) -> str:
     board, meta, metric = ctx["board"], ctx["meta"], ctx["metric"]
     counts = board["status"].value_counts()
-    order = [s for s in STATUSES if s in counts] + [s for s in counts.index if s not in STATUSES]
+    order = [s for s in Status if s in counts] + [s for s in counts.index if s not in Status]
     best = _best(ctx)
     busy = meta.get("busy_fraction")
     wall = meta.get("wall_s")
@@ -228,7 +230,7 @@ def _rungs(ctx) -> tuple[list[float], str]:
     if space:
         return (space.rungs(),
                 f"ASHA rungs (grace {space.grace_period}, factor {space.reduction_factor:g})")
-    stopped = board.loc[board["status"] == "stopped", "epochs_trained"].dropna()
+    stopped = board.loc[board["status"] == Status.STOPPED, "epochs_trained"].dropna()
     return sorted(set(stopped)), "where stopped trials ended"
 
 
@@ -241,7 +243,7 @@ def _curves(ctx) -> str:
     for i, r in enumerate(rungs):
         ax.axvline(r, color="#bbb", ls="--", lw=1, label=None if i else label)
     for tid, g in e.sort_values("epoch", kind="stable").groupby("trial_id", sort=False):
-        done = status.get(tid) == "completed"
+        done = status.get(tid) == Status.COMPLETED
         ax.plot(g["epoch"], g[metric], marker=".", lw=1.2, color=DONE if done else FADED,
                 alpha=0.8 if done else 0.35)
     best = _best(ctx)
@@ -249,7 +251,7 @@ def _curves(ctx) -> str:
     if len(g):
         ax.plot(g["epoch"], g[metric], marker="o", lw=2.5, color=BEST,
                 label=f"best: {_named(best)}")
-    ax.plot([], [], color=DONE, label="completed")
+    ax.plot([], [], color=DONE, label=Status.COMPLETED.value)
     ax.plot([], [], color=FADED, label="stopped by ASHA, failed or running")
     ax.set(xlabel="epoch", ylabel=metric)
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -266,7 +268,7 @@ def _best_so_far(ctx) -> str:
     except (KeyError, TypeError, ValueError):
         t0 = float(e["t_start"].min())
     t, y = e["t_end"].to_numpy(float) - t0, e[metric].to_numpy(float)
-    best = np.maximum.accumulate(y) if ctx["mode"] == "max" else np.minimum.accumulate(y)
+    best = sign(ctx["mode"]) * np.maximum.accumulate(sign(ctx["mode"]) * y)
     end = max(float(meta.get("wall_s") or 0), t[-1])
     fig = Figure(figsize=(11, 3.5))
     ax = fig.subplots()
@@ -287,8 +289,9 @@ def _pareto(ctx) -> str:
     front = pareto_front(rows, metric, ctx["mode"])
     fig = Figure(figsize=(11, 4))
     ax = fig.subplots()
-    done = rows["status"] == "completed"
-    ax.scatter(rows.loc[done, "params"], rows.loc[done, metric], color=DONE, label="completed")
+    done = rows["status"] == Status.COMPLETED
+    ax.scatter(rows.loc[done, "params"], rows.loc[done, metric], color=DONE,
+               label=Status.COMPLETED.value)
     ax.scatter(rows.loc[~done, "params"], rows.loc[~done, metric], color=FADED, alpha=0.5,
                label="stopped or failed (its best epoch)")
     ax.step(front["params"], front[metric], where="post", color=BEST, lw=1.5, label="Pareto front")
@@ -390,7 +393,7 @@ def _slices(ctx) -> str:
             ax.set_xscale("log" if getattr(d, "log", False) else "linear")
             if hasattr(d, "step") and not d.log:  # an IntRange: whole-number ticks
                 ax.xaxis.get_major_locator().set_params(integer=True)
-        done = (r["status"] == "completed").to_numpy()
+        done = (r["status"] == Status.COMPLETED).to_numpy()
         ax.scatter(x[done], r[metric][done], s=18, color=DONE)
         ax.scatter(x[~done], r[metric][~done], s=18, color=FADED, alpha=0.5)
         ax.set_xlabel(dim)

@@ -21,15 +21,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from hpo.errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _decoded = 0  # images decoded with PIL by this process, for decode_count()
 _decoded_lock = threading.Lock()
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used; the message is one line: "<path>: <problem>"."""
 
 
 def decode_count() -> int:

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hpo.config import MAX_DENSE, MAX_STAGES, check_value, complete
+from hpo.errors import ConfigError, SpaceError
+from hpo.registry import METRICS, SAMPLERS
+from hpo.values import CHANNELS, COUNT, IMAGE_SIZE, VAL_FRACTION, WHOLE, Allowed, OneOf, Range
 
 Predicate = Callable[[Mapping[str, Any]], bool]
-
-
-class SpaceError(ValueError):
-    """A space file that cannot be used; the message is one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -126,14 +125,14 @@ class Space:
     max_epochs: int
     grace_period: int
     reduction_factor: float
-    dimensions: dict[str, Any]  # name -> Dimension or a constant
+    dimensions: dict[str, Any]  # as the file declares them: name -> Dimension or a constant
     starting_points: dict[str, dict] = field(default_factory=dict)
     data: str | None = None
     image_size: int | None = None
     channels: int | None = None
     val_fraction: float = 0.1
     concurrency: int | None = None
-    sampler: str = "tpe"  # how Optuna proposes configs: one of SAMPLERS
+    sampler: str = "tpe"  # how Optuna proposes configs: one of hpo.registry.SAMPLERS
     startup_trials: int = 10  # trials drawn at random before the sampler models anything
 
     @property
@@ -210,9 +209,11 @@ class Space:
             study.enqueue_trial(self.params_of(config))
 
     def searched(self) -> dict[str, Dimension]:
+        """The dimensions the search draws, in the file's order."""
         return {k: v for k, v in self.dimensions.items() if _is_dim(v)}
 
     def constants(self) -> dict[str, Any]:
+        """The values the file fixes, in its order."""
         return {k: v for k, v in self.dimensions.items() if not _is_dim(v)}
 
 
@@ -230,7 +231,48 @@ def _contains(dim: Dimension, value) -> bool:
     return dim.low <= value <= dim.high
 
 
-REQUIRED = ("metric", "mode", "trials", "max_epochs", "dimensions")
+@dataclass(frozen=True)
+class Setting:
+    """A module-level name a space file may set: the values it takes, its default (None:
+    required, unless `optional`), and what it means."""
+
+    allowed: Allowed | None
+    default: Any
+    help: str
+    optional: bool = False
+
+
+# Every name a space file may set besides `dimensions` and `starting_points` (the docs' table
+# of them is made from this). `metric` and `mode` are checked as objectives (_objectives).
+SETTINGS: dict[str, Setting] = {
+    "metric": Setting(None, None, "what ranks the leaderboard and drives ASHA: "
+                      + " or ".join(m for m, v in METRICS.items() if v.per_epoch)
+                      + "; or a list of two, the second " + " or ".join(
+                          m for m, v in METRICS.items() if not v.per_epoch)),
+    "mode": Setting(None, None, "max or min for each metric; it can only be each metric's "
+                    "own (" + ", ".join(f"{m} {v.mode}" for m, v in METRICS.items())
+                    + "), which is the default", optional=True),
+    "trials": Setting(WHOLE, None, "trials a study runs (--trials overrides)"),
+    "max_epochs": Setting(WHOLE, None, "epochs of a full trial; ASHA's max_t (--max-epochs)"),
+    "grace_period": Setting(WHOLE, 1, "epochs before ASHA may stop a trial (--grace-period)"),
+    "reduction_factor": Setting(Range(1, low_open=True), 3,
+                                "ASHA keeps the top 1/reduction_factor at each rung"),
+    "sampler": Setting(OneOf(tuple(SAMPLERS)), "tpe", "how Optuna proposes configs: "
+                       + "; ".join(f"{k}, {v.description}" for k, v in SAMPLERS.items())),
+    "startup_trials": Setting(COUNT, 10, "trials drawn at random before the sampler models "
+                              "anything"),
+    "val_fraction": Setting(VAL_FRACTION, 0.1, "share of the training images held out, with "
+                            "a fixed seed, to validate every trial"),
+    "data": Setting(None, None, "the default for --data", optional=True),
+    "image_size": Setting(IMAGE_SIZE, None, "decode every image at this square size (default: "
+                          "the images' own, which must then be one size)", optional=True),
+    "channels": Setting(CHANNELS, None, "decode every image with 1 or 3 channels (default: 1 "
+                        "when every sampled image is grayscale)", optional=True),
+    "concurrency": Setting(WHOLE, None, "trials at once (default: as resources allow; "
+                           "--concurrency overrides)", optional=True),
+    "name": Setting(None, None, "the study's name (default: the file's name)", optional=True),
+}
+REQUIRED = tuple(k for k, s in SETTINGS.items() if s.default is None and not s.optional)
 
 
 def load_space(path: str | Path) -> Space:
@@ -255,99 +297,80 @@ def load_space(path: str | Path) -> Space:
         raise SpaceError(f"{path}: could not import: {type(exc).__name__}: {exc}") from None
     finally:
         sys.modules.pop(module_name, None)
-    missing = [n for n in REQUIRED if not hasattr(module, n)]
+    missing = [n for n in (*REQUIRED, "dimensions") if not hasattr(module, n)]
     if missing:
         raise SpaceError(f"{path}: missing required name(s): {', '.join(missing)}")
     try:
-        space = _build(path, module)
-    except (ValueError, TypeError) as exc:
+        return _build(path, module)
+    except (ConfigError, TypeError) as exc:
         raise SpaceError(f"{path}: {exc}") from None
-    return space
 
 
 def _build(path: Path, m) -> Space:
-    def get(name, default=None):
-        return getattr(m, name, default)
-
-    objectives = _objectives(m.metric, m.mode)
-    for name, low in (("trials", 1), ("max_epochs", 1), ("grace_period", 1)):
-        value = get(name, 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-    if get("grace_period", 1) > m.max_epochs:
-        raise ValueError(f"grace_period ({m.grace_period}) exceeds max_epochs ({m.max_epochs})")
-    rf = get("reduction_factor", 3)
-    if not isinstance(rf, (int, float)) or rf <= 1:
-        raise ValueError(f"reduction_factor must be > 1, got {rf!r}")
+    values = {}
+    for name, setting in SETTINGS.items():
+        value = getattr(m, name, setting.default)
+        if value is not None and setting.allowed is not None:
+            setting.allowed.check(name, value)
+        values[name] = value
+    if values["grace_period"] > values["max_epochs"]:
+        raise ConfigError(f"grace_period ({values['grace_period']}) exceeds max_epochs "
+                          f"({values['max_epochs']})")
     if not isinstance(m.dimensions, dict):
-        raise ValueError("dimensions must be a dict of config key -> dimension or constant")
+        raise ConfigError("dimensions must be a dict of config key -> dimension or constant")
     for name, dim in m.dimensions.items():
         _check_dimension(name, dim)
-    points = get("starting_points", {}) or {}
+    points = getattr(m, "starting_points", {}) or {}
     for pname, point in points.items():
         if not isinstance(point, dict):
-            raise ValueError(f"starting point {pname!r} must be a dict")
+            raise ConfigError(f"starting point {pname!r} must be a dict")
         for key, value in point.items():
             try:
                 check_value(key, value)
-            except ValueError as exc:
-                raise ValueError(f"starting point {pname!r}: {exc}") from None
-    sampler, startup = get("sampler", "tpe"), get("startup_trials", 10)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-    if not isinstance(startup, int) or isinstance(startup, bool) or startup < 0:
-        raise ValueError(f"startup_trials must be a whole number >= 0, got {startup!r}")
-    val_fraction = get("val_fraction", 0.1)
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+            except ConfigError as exc:
+                raise ConfigError(f"starting point {pname!r}: {exc}") from None
     return Space(
-        name=get("name", path.stem),
+        name=values["name"] or path.stem,
         path=path,
         source=path.read_text(),
-        objectives=objectives,
-        trials=m.trials,
-        max_epochs=m.max_epochs,
-        grace_period=get("grace_period", 1),
-        reduction_factor=float(rf),
+        objectives=_objectives(values["metric"], values["mode"]),
+        trials=values["trials"],
+        max_epochs=values["max_epochs"],
+        grace_period=values["grace_period"],
+        reduction_factor=float(values["reduction_factor"]),
         dimensions=dict(m.dimensions),
         starting_points=dict(points),
-        data=get("data"),
-        image_size=get("image_size"),
-        channels=get("channels"),
-        val_fraction=val_fraction,
-        concurrency=get("concurrency"),
-        sampler=sampler,
-        startup_trials=startup,
+        data=values["data"],
+        image_size=values["image_size"],
+        channels=values["channels"],
+        val_fraction=values["val_fraction"],
+        concurrency=values["concurrency"],
+        sampler=values["sampler"],
+        startup_trials=values["startup_trials"],
     )
 
 
-SECOND_OBJECTIVES = ("params",)
-# Optuna samplers a space file may name (hpo.tuning.searcher.make_sampler builds them):
-SAMPLERS = {
-    "tpe": "univariate TPE, a constant liar for trials still running (the default)",
-    "tpe-multivariate": "TPE over the joint distribution of dimensions drawn together "
-                        "(multivariate=True, group=True), with a constant liar",
-    "gp": "Optuna's Gaussian-process sampler (learns from completed trials only)",
-    "random": "uniform random draws (with ASHA: random search + early stopping)",
-}  # trainable parameters, reported by every trial
-
-
 def _objectives(metric, mode) -> tuple[tuple[str, str], ...]:
-    """metric/mode of a space file: one pair, or two lists for two objectives (the first
-    ranks the leaderboard and drives ASHA; Optuna searches for the Pareto front of both)."""
+    """metric/mode of a space file: one metric, or a list of two (the first ranks the
+    leaderboard and drives ASHA; Optuna searches for the Pareto front of both). Each metric's
+    direction is its own (hpo.registry.METRICS); a `mode` given must agree with it."""
     metrics = [metric] if isinstance(metric, str) else list(metric)
-    modes = [mode] if isinstance(mode, str) else list(mode)
-    if len(metrics) != len(modes) or not 1 <= len(metrics) <= 2:
-        raise ValueError(f"metric and mode must be one name each, or two lists of two; "
-                         f"got {metric!r} and {mode!r}")
-    for m in modes:
-        if m not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {m!r}")
-    if metrics[0] not in ("val_acc", "val_loss"):
-        raise ValueError(f"metric must be 'val_acc' or 'val_loss', got {metrics[0]!r}")
-    if len(metrics) == 2 and metrics[1] not in SECOND_OBJECTIVES:
-        raise ValueError(f"a second objective must be one of {list(SECOND_OBJECTIVES)}, "
-                         f"got {metrics[1]!r}")
+    if not 1 <= len(metrics) <= 2:
+        raise ConfigError(f"metric must be one name, or a list of two; got {metric!r}")
+    first = [m for m, v in METRICS.items() if v.per_epoch]
+    if metrics[0] not in first:
+        raise ConfigError(f"metric must be {' or '.join(map(repr, first))}, got {metrics[0]!r}")
+    second = [m for m, v in METRICS.items() if not v.per_epoch]
+    if len(metrics) == 2 and metrics[1] not in second:
+        raise ConfigError(f"a second objective must be one of {second}, got {metrics[1]!r}")
+    modes = [METRICS[m].mode for m in metrics]
+    if mode is not None:
+        given = [mode] if isinstance(mode, str) else list(mode)
+        if given != modes:
+            raise ConfigError(f"mode {mode!r} does not fit metric {metric!r}: "
+                              + ", ".join(f"{m} is better {'higher' if d == 'max' else 'lower'}"
+                                          for m, d in zip(metrics, modes))
+                              + " (leave mode out)")
     return tuple(zip(metrics, modes))
 
 
@@ -358,11 +381,11 @@ def _check_dimension(name: str, dim) -> None:
         return
     if isinstance(dim, (Uniform, IntRange)):
         if dim.low > dim.high:
-            raise ValueError(f"{name}: low {dim.low} is above high {dim.high}")
+            raise ConfigError(f"{name}: low {dim.low} is above high {dim.high}")
         if dim.log and dim.low <= 0:
-            raise ValueError(f"{name}: a log-scale range needs low > 0, got {dim.low}")
+            raise ConfigError(f"{name}: a log-scale range needs low > 0, got {dim.low}")
         if not all(math.isfinite(b) for b in dim.bounds()):
-            raise ValueError(f"{name}: bounds must be finite")
+            raise ConfigError(f"{name}: bounds must be finite")
     for value in dim.bounds():
         check_value(name, value)
 

@@ -1,159 +1,217 @@
-"""A study folder, results/<study>/: its name, its metadata (study.json), the data it searched."""
+"""A study's life above Ray: planned (hpo.plan), held (hpo.lock), born or adopted, its record
+opened and its views rebuilt, its data decoded, then searched (hpo.tuning) and, with --final,
+its best retrained. Also: the space and the data a finished study searched, for the commands
+that read it afterwards.
+
+The order is what makes a kill at any instant harmless: the study's identity goes into its
+record before anything slow (decoding, Ray) starts, and a folder holding nothing but what a
+killed start leaves behind is taken over by the same command.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import socket
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from hpo.files import write_atomic, write_json
-
-
-def choose_folder(results: Path, name: str, fresh: bool) -> Path:
-    """results/<name>, or with --fresh the first results/<name>-N that does not exist yet."""
-    folder = results / name
-    n = 2
-    while fresh and folder.exists():
-        folder, n = results / f"{name}-{n}", n + 1
-    return folder
+from hpo.errors import StudyError
+from hpo.folder import StudyFolder
+from hpo.options import SearchOptions, check
+from hpo.plan import Plan, apply_budget, compare, plan_search
+from hpo.provenance import now
 
 
-def check_study_folder(folder: Path) -> None:
-    """Raise ValueError unless `folder` is a study folder (one `hpo search` made)."""
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: no such study folder")
-    if not (folder / "study.json").is_file() and not (folder / "leaderboard.csv").is_file():
-        raise ValueError(f"{folder}: not a study folder (no study.json or leaderboard.csv)")
+def run_study(space: str | os.PathLike, options: SearchOptions, console=None,
+              trainable=None) -> Path:
+    """Run the study of `space` (a space file's path) under `options`, or continue it: the
+    same folder, lock and resume as `hpo search`. Returns the study folder. The progress is
+    drawn on `console` (a rich Console; default: the terminal); everything Ray prints goes
+    to <study>/ray.log (with options.verbose, to the console too). `trainable` replaces the
+    trial Ray runs (tests pass a fast one; see hpo.tuning.trainable.train_trial).
 
+    Raises an HpoError (one line) for bad options, files or a study held by another driver,
+    before anything is written; StudyFault after a fault it could not ride out (its record
+    unreachable, a full disk), KeyboardInterrupt after Ctrl-C, each once everything is saved.
+    `options.final` is the caller's to act on (hpo.final.train), once this returns.
 
-def read_meta(study: Path) -> dict[str, Any]:
-    """study.json, or {} for a folder that has none yet. Raises ValueError when it is not
-    readable JSON."""
-    path = study / "study.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    Example:
+        >>> folder = run_study("spaces/cifar10.py", SearchOptions(data="data/cifar10", trials=8))
+        >>> pandas.read_csv(folder / "leaderboard.csv").head()
+    """
+    plan = plan_search(space, options)  # before the imports below: a mistake costs little
+    from hpo.capture import output_to
+    from hpo.data import load_dataset
+    from hpo.lock import StudyLock
 
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str]:
-    """Versions of what shapes a result, recorded beside it."""
-    import optuna
-    import pandas
-    import torch
-
-    out = {"python": sys.version.split()[0], "torch": torch.__version__,
-           "optuna": optuna.__version__, "pandas": pandas.__version__}
+    folder, o, s = plan.folder, plan.options, plan.space
+    lock = StudyLock(folder.path)
     try:
-        import ray
+        lock.__enter__()
+    except OSError as exc:
+        raise StudyError(f"{folder.path}: cannot write the study here ({exc.strerror})"
+                         ) from None
+    try:
+        record = begin(plan, console)
+        t0 = time.time()
+        data = load_dataset(o.data, val_fraction=s.val_fraction, seed=o.split_seed,
+                            fraction=o.fraction, image_size=s.image_size, channels=s.channels)
+        check_content(plan, record, data.content)
+        data_s = time.time() - t0
+        if not complete(plan, record, console):
+            with output_to(folder.ray_log, console, o.verbose) as shown:
+                # torch and Ray, only now; what they print as they load goes to ray.log too
+                from hpo.tuning.driver import run_search
 
-        out["ray"] = ray.__version__
-    except ImportError:
-        pass
-    return out
-
-
-def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float) -> float:
-    """Share of [start, end] covered by at least one interval (trials training or evaluating)."""
-    covered, reach = 0.0, start
-    for a, b in sorted(intervals):
-        a, b = max(a, reach), min(b, end)
-        if b > a:
-            covered += b - a
-            reach = b
-    return covered / max(1e-9, end - start)
-
-
-def write_meta(study: Path, meta: dict[str, Any]) -> None:
-    write_json(study / "study.json", meta)
-
-
-def begin_study(plan, data) -> dict[str, Any]:
-    """Record a run of the search `plan` (hpo.tuning.options.Plan) on `data` in study.json:
-    on the study's first run its identity (what a resume must match) and space.py, on every
-    run the options it ran with. Returns the metadata written."""
-    study, options = plan.folder, plan.options
-    meta = dict(plan.meta)
-    if not meta:
-        meta.update(identity=plan.identity(data.content), started=now(), runs=[])
-        write_atomic(study / "space.py", plan.space.source)
-    resolved = {**dataclasses.asdict(options), "max_epochs": plan.space.max_epochs,
-                "grace_period": plan.space.grace_period}
-    meta.update(space=str(plan.space.path), data=options.data, fingerprint=data.fingerprint,
-                options=_jsonable(resolved), trials=plan.space.trials, versions=versions(),
-                finished=None)
-    meta["runs"] = [*meta.get("runs", []), {"started": now(), "host": socket.gethostname(),
-                                             "pid": os.getpid(), "trials": plan.space.trials}]
-    write_meta(study, meta)
-    return meta
+                run_search(plan, record, data, shown, run_entry(plan), data_s=data_s,
+                           trainable=trainable)
+    finally:
+        lock.__exit__(None, None, None)
+    return folder.path
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    return str(obj) if isinstance(obj, Path) else obj
+def begin(plan: Plan, console=None):
+    """The study's record, made whole before anything slow starts (a new study's identity,
+    its data not decoded yet, goes in last: its presence is what marks a study born) or
+    opened; half-made draws settled; every view rebuilt from it. The caller holds the lock."""
+    from hpo import record as r
+    from hpo import views
+
+    folder, space, o = plan.folder, plan.space, plan.options
+    folder.clear_temps()
+    notify = _notifier(console)
+    new = not plan.recorded
+    if new:
+        r.discard(plan.url, folder.name)  # what a killed or failed start left: no trial ran
+    record = r.Record.open(plan.url, folder.name, space.objectives, space.sampler, o.seed,
+                           space.startup_trials, create=new, timeout=o.storage_timeout,
+                           notify=notify)
+    if new:
+        record.set_meta(r.SPACE, {"path": str(Path(space.path).resolve()),
+                                  "source": space.source,
+                                  "objectives": [list(x) for x in space.objectives]})
+        record.set_meta(r.IDENTITY, plan.identity(None))
+    if record.meta.get(r.TRIALS) != space.trials:
+        record.set_meta(r.TRIALS, space.trials)
+    if record.meta.get(r.DATA) != o.data:
+        record.set_meta(r.DATA, o.data)
+    settled = record.settle()
+    if settled and console is not None:
+        console.print(f"{len(settled)} draw(s) a stopped driver left half-made are counted as "
+                      "rejected")
+    views.rebuild(folder, record)
+    return record
 
 
-def load_study_data(study: Path, data: str | None = None, fraction: float | None = None):
+def check_content(plan: Plan, record, content: str) -> None:
+    """The decoded images' content hash goes into a new study's identity; a resumed one's
+    must match it."""
+    from hpo.record import IDENTITY
+
+    identity = record.meta[IDENTITY]
+    if identity.get("data") is None:
+        record.set_meta(IDENTITY, {**identity, "data": content})
+    else:
+        compare(plan, identity, {"data": content})
+
+
+def complete(plan: Plan, record, console=None) -> bool:
+    """Whether the record holds every trial the study asks for, with none to continue; then
+    say so. A complete study run again changes nothing."""
+    if record.unfinished() or len(record.ended()) < plan.space.trials:
+        return False
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+    console.print(f"{plan.folder.path}: this study is complete ({len(record.ended())} trials; "
+                  "--trials N extends it, --fresh starts a new one)")
+    return True
+
+
+def _notifier(console):
+    if console is None:
+        return lambda line: print(line, file=sys.stderr)
+    return lambda line: console.print(line, markup=False, highlight=False)
+
+
+# -- reading a study afterwards ------------------------------------------------------------
+def read_meta(study: str | os.PathLike) -> dict[str, Any]:
+    """study.json (a view of the record), or {} for a folder that has none. Raises StudyError
+    naming the file when it is not readable JSON."""
+    import json
+
+    path = StudyFolder(study).meta
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StudyError(f"{path}: cannot be read ({exc}); `hpo leaderboard "
+                         f"{path.parent}` rebuilds it from the record") from None
+
+
+def load_study_space(study: str | os.PathLike):
+    """The space a study searched, under the budget it ran with: its copy in the folder, or,
+    when the copy cannot load on its own (a space file that builds on another beside it), the
+    original it names."""
+    from hpo.space import SpaceError, load_space
+
+    folder = StudyFolder(study)
+    meta = read_meta(study)
+    try:
+        space = load_space(folder.space)
+    except SpaceError:
+        original = meta.get("space")
+        if not original or not Path(original).is_file():
+            raise
+        space = load_space(original)
+        if space.source != folder.space.read_text():
+            raise SpaceError(f"{folder.path}: space.py does not load on its own and "
+                             f"{original} has changed since the study") from None
+    options = meta.get("options") or {}
+    return apply_budget(space, meta.get("trials"), options.get("max_epochs"),
+                        options.get("grace_period"))
+
+
+def load_study_data(study: str | os.PathLike, data: str | None = None,
+                    fraction: float | None = None):
     """The space and the data a study searched, with its test split: (Space, Dataset).
 
     `data` and `fraction` override what the study recorded (e.g. the full data for a final
     retrain of a study searched on a fraction).
     """
     from hpo.data import load_dataset
+    from hpo.preflight import check_data_path
 
     meta = read_meta(study)
-    options = meta.get("options", {})
-    # the budget the study ran under (--max-epochs), so that a starting point retrained for a
-    # side-by-side trains as long as the best config did
-    space = apply_options(load_study_space(study), options)
+    identity = meta.get("identity") or {}
+    space = load_study_space(study)
     source = data or meta.get("data")
     if not source:
-        raise ValueError(f"{study}: no data recorded; pass --data")
-    frac = fraction if fraction is not None else options.get("fraction", 1.0)
+        raise StudyError(f"{study}: no data recorded; pass --data")
+    check_data_path(source)
+    frac = fraction if fraction is not None else identity.get("fraction") or 1.0
     dataset = load_dataset(source, val_fraction=space.val_fraction,
-                           seed=options.get("split_seed", 0),
-                           fraction=frac, image_size=space.image_size, channels=space.channels)
+                           seed=identity.get("split_seed") or 0, fraction=frac,
+                           image_size=space.image_size, channels=space.channels)
     return space, dataset
 
 
-def apply_options(space, options: Mapping[str, Any]):
-    """`space` under the budget a search's options set: `trials`, `max_epochs` (which also
-    caps the grace period) and `grace_period`, each left as the space file has it when None
-    or absent. Raises ValueError for a grace period outside 1..max_epochs."""
-    if options.get("trials") is not None:
-        space = dataclasses.replace(space, trials=options["trials"])
-    if options.get("max_epochs") is not None:
-        space = dataclasses.replace(space, max_epochs=options["max_epochs"],
-                                    grace_period=min(space.grace_period, options["max_epochs"]))
-    grace = options.get("grace_period")
-    if grace is not None:
-        if not 1 <= grace <= space.max_epochs:
-            raise ValueError(f"--grace-period must be in 1..{space.max_epochs} (the max epochs "
-                             f"of a trial), got {grace}")
-        space = dataclasses.replace(space, grace_period=grace)
-    return space
+def run_entry(plan: Plan) -> dict[str, Any]:
+    """What the record keeps of one run of a study, as it starts."""
+    return {"started": now(), "host": socket.gethostname(), "pid": os.getpid(),
+            "trials": plan.space.trials, "options": _jsonable(check(plan.options))}
 
 
-def load_study_space(study: Path):
-    """The space a study searched: its copy in the folder, or, when the copy cannot load on
-    its own (a space file that builds on another file beside it), the original it names."""
-    from hpo.space import SpaceError, load_space
+def _jsonable(options) -> dict[str, Any]:
+    import dataclasses
 
-    try:
-        return load_space(study / "space.py")
-    except SpaceError:
-        original = read_meta(study).get("space")
-        if not original or not Path(original).is_file():
-            raise
-        space = load_space(original)
-        if space.source != (study / "space.py").read_text():
-            raise SpaceError(f"{study}: space.py does not load on its own and {original} "
-                             "has changed since the study") from None
-        return space
+    out = dataclasses.asdict(options)
+    if out.get("storage"):
+        from hpo.preflight import masked
+
+        out["storage"] = masked(out["storage"])
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

@@ -18,7 +18,8 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from hpo import fmt
-from hpo.leaderboard import FAILURES
+from hpo.leaderboard import KEY, metric_of
+from hpo.status import FAILURES
 
 
 def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = None,
@@ -74,8 +75,8 @@ HEADERS = {"rank": "#", "trial_id": "trial", "best_epoch": "best ep",
 
 
 def _key_columns(columns) -> list[str]:
-    """The columns every view of a leaderboard starts with (columns[4] is the metric)."""
-    return [c for c in ("rank", "trial_id", "point", "status", columns[4], "pareto",
+    """The columns every view of a leaderboard starts with."""
+    return [c for c in (*KEY, metric_of(columns), "pareto",
                         "best_epoch", "params", "wall_s") if c in columns]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -17,71 +16,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo import features
-from hpo.augment import augment
-from hpo.backbone import eval_batch, param_groups, prepare_input, uses_backbone
-from hpo.data import Dataset, channel_stats
-from hpo.model import Infeasible, build_model, count_parameters
+from hpo.backbone import eval_batch, param_groups
+from hpo.data import Dataset
+from hpo.device import EVAL_BATCH, DeviceData, preprocess, to_device
+from hpo.errors import Infeasible
+from hpo.model import build_model, count_parameters
+from hpo.registry import OPTIMIZERS, PER_EPOCH_SCHEDULES, SCHEDULES
+from hpo.status import Status
 
 Report = Callable[..., None]  # report(metrics: dict, model=None, state=None)
 
-EVAL_BATCH = 2048  # large: evaluation has no backward pass to hold memory for
-
-
-@dataclass
-class DeviceData:
-    """The training and validation splits as tensors on one device, plus input statistics."""
-
-    x_train: torch.Tensor  # uint8 [N, C, H, W]
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    mean: torch.Tensor  # [1, C, 1, 1], in [0, 1] units
-    std: torch.Tensor
-    num_classes: int
-
-
-# A reused worker process keeps the last dataset on its device, so consecutive trials of one
-# study copy it from the host once. One entry only: a long-lived worker must not pile up copies.
-_device_cache: dict[tuple[str, str], DeviceData] = {}
-
-
-def to_device(data: Dataset, device: torch.device) -> DeviceData:
-    """`data`'s train and val splits on `device` (cached per process by fingerprint)."""
-    key = (data.fingerprint, str(device))
-    if key not in _device_cache:
-        _device_cache.clear()
-
-        def put(a):
-            return torch.as_tensor(a.copy() if not a.flags.writeable else a).to(device)
-
-        # statistics of the training split only (validation must stay unseen), on the host
-        # in chunks: a float64 copy of the split on the GPU would cost gigabytes
-        mean, std = channel_stats(data.x_train)
-        _device_cache[key] = DeviceData(
-            x_train=put(data.x_train),
-            y_train=put(data.y_train).long(),
-            x_val=put(data.x_val),
-            y_val=put(data.y_val).long(),
-            mean=torch.tensor(mean, device=device).view(1, -1, 1, 1),
-            std=torch.tensor(std, device=device).clamp_min(1e-3).view(1, -1, 1, 1),
-            num_classes=data.num_classes,
-        )
-    return _device_cache[key]
-
 
 def make_optimizer(model: nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """The optimizer a config names, with its learning rate and weight decay."""
-    name, lr, wd = config["optimizer"], config["lr"], config["weight_decay"]
-    params = param_groups(model, config)
-    if name == "sgd":
-        momentum = config["momentum"]
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=wd,
-                               nesterov=config["nesterov"] and momentum > 0)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=config["momentum"], weight_decay=wd)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
-           "adadelta": torch.optim.Adadelta, "adamax": torch.optim.Adamax}[name]
-    return cls(params, lr=lr, weight_decay=wd)
+    """The optimizer a config names (hpo.registry.OPTIMIZERS), with its learning rate, weight
+    decay and, where it takes them, momentum and Nesterov."""
+    spec = OPTIMIZERS[config["optimizer"]]
+    kwargs = {"lr": config["lr"], "weight_decay": config["weight_decay"]}
+    if spec.momentum:
+        kwargs["momentum"] = config["momentum"]
+    if spec.nesterov:
+        kwargs["nesterov"] = config["nesterov"] and config["momentum"] > 0
+    return getattr(torch.optim, spec.torch_class)(param_groups(model, config), **kwargs)
 
 
 def lr_factor(config: Mapping[str, Any], step: int, steps_per_epoch: int) -> float:
@@ -92,34 +47,9 @@ def lr_factor(config: Mapping[str, Any], step: int, steps_per_epoch: int) -> flo
     if step < warmup:
         return (step + 1) / warmup
     t = (step - warmup) / max(1.0, total - warmup)  # progress after warmup, 0 -> 1
-    schedule = config["schedule"]
-    # 2) the schedule's shape; plateau's decays are applied per epoch by the caller
-    if schedule == "step":
-        return config["step_gamma"] ** (step // (config["step_every"] * steps_per_epoch))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "onecycle":
-        # up from 0.1x over the first quarter, then linearly down to 0
-        return 0.1 + 0.9 * t / 0.25 if t < 0.25 else max(0.0, (1 - t) / 0.75)
-    return 1.0
-
-
-def preprocess(x: torch.Tensor, dev: DeviceData, config: Mapping[str, Any], dtype: torch.dtype,
-               generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
-    """uint8 images -> augmented (when `train`), normalised float batch in `dtype` (resized
-    for a backbone); float input is features a frozen backbone made (hpo.features) as is."""
-    if x.is_floating_point():
-        return x.to(dtype)
-    x = x.to(dtype) / 255
-    if train:
-        x = augment(x, config, generator)
-    if uses_backbone(config):
-        x = prepare_input(x, config, dev.mean, dev.std)
-    elif config["normalize"]:
-        x = (x - dev.mean.to(dtype)) / dev.std.to(dtype)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    # 2) the schedule's shape (hpo.registry.SCHEDULES); plateau's decays are applied per
+    # epoch by the caller
+    return SCHEDULES[config["schedule"]](config, step, steps_per_epoch, t)
 
 
 @torch.no_grad()
@@ -230,14 +160,14 @@ def run_trial(config: Mapping[str, Any], data: Dataset, report: Report,
     try:
         model = build_model(config, tuple(data.image_shape), data.num_classes)
     except Infeasible as exc:
-        return stop("infeasible", str(exc))
+        return stop(Status.INFEASIBLE.value, str(exc))
     base["params"] = count_parameters(model)
     try:
         return _train(config, data, report, model, device, cuda, generator, base, stop,
                       resume)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         # out of device or host memory: this config does not fit, so it is not retried
-        return stop("oom", (str(exc).splitlines() or ["out of memory"])[0])
+        return stop(Status.OOM.value, (str(exc).splitlines() or ["out of memory"])[0])
 
 
 def _train(config, data, report, model, device, cuda, generator, base, stop,
@@ -296,10 +226,10 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
         train_loss = total.item() / steps_per_epoch
         seconds = time.perf_counter() - t0  # .item() above synchronised the device
         if not math.isfinite(train_loss):
-            return stop("diverged", f"training loss became {train_loss} in epoch {epoch}",
+            return stop(Status.DIVERGED.value, f"training loss became {train_loss} in epoch {epoch}",
                         epoch=epoch, train_loss=train_loss)
         val_loss, val_acc = evaluate(net, dev.x_val, dev.y_val, dev, config)
-        if config["schedule"] == "plateau":
+        if config["schedule"] in PER_EPOCH_SCHEDULES:
             # ReduceLROnPlateau on validation loss, counted in epochs (on the training loss
             # in a final retrain, which has no validation split)
             monitor = val_loss if len(dev.x_val) else train_loss
@@ -310,7 +240,8 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
                 if plateau_wait > config["plateau_patience"]:
                     plateau_scale *= config["plateau_factor"]
                     plateau_wait = 0
-        status = "completed" if epoch == config["epochs"] else "running"
+        # plain strings: a report goes into checkpoints, which hold plain data only
+        status = (Status.COMPLETED if epoch == config["epochs"] else Status.RUNNING).value
         metrics = {**base, "epoch": epoch, "val_acc": val_acc, "val_loss": val_loss,
                    "train_loss": train_loss, "img_per_s": steps_per_epoch * batch / seconds,
                    "train_seconds": seconds, "t_start": t_start, "t_end": time.time(),

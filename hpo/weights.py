@@ -15,29 +15,16 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
 from hpo.config import SCHEMA
+from hpo.errors import WeightsError
+from hpo.registry import BACKBONES
 from hpo.space import Choice
 
 WEIGHTS_ENV = "HPO_WEIGHTS_DIR"
-# torchvision 0.29's default ImageNet weights (get_model_weights(name).DEFAULT.url);
-# tests/test_backbone.py checks this table against torchvision itself
-URLS = {
-    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-    "resnet50": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
-    "efficientnet_b0":
-        "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth",
-    "mobilenet_v3_large": "https://download.pytorch.org/models/mobilenet_v3_large-5c1a4163.pth",
-    "convnext_tiny": "https://download.pytorch.org/models/convnext_tiny-983f1562.pth",
-}
-
-
-class WeightsError(ValueError):
-    """A pretrained weights file a search or a retrain needs is missing; one line."""
 
 
 def weights_url(name: str) -> str:
     """Where torchvision downloads the default ImageNet weights of backbone `name` from."""
-    return URLS[name]
+    return BACKBONES[name].url
 
 
 def weights_filename(name: str) -> str:

@@ -1,9 +1,10 @@
-"""A study from start to end: Ray up, one Tune experiment fed by the study's record, results.
+"""A run of a study on Ray Tune: Ray up, one Tune experiment fed by the study's record, Ray
+down. The only module (with the rest of hpo.tuning) that imports Ray.
 
 Every run of a study (the first, a resume after a crash or Ctrl-C, an extension to more
-trials) is the same: read the Optuna record, start one Tune experiment that first continues the
-trials the record says are unfinished and then runs the trials the study still lacks, and
-keep the leaderboard, best.json and best.pt as trials end.
+trials) is the same: start one Tune experiment that first continues the trials the record
+says are unfinished and then runs the trials the study still lacks, while the callback keeps
+the views, best.pt and the live view current.
 """
 
 from __future__ import annotations
@@ -15,33 +16,26 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import optuna
 import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from rich.console import Console
 
+from hpo import compat, views
 from hpo.data import Dataset
-from hpo.leaderboard import Leaderboard
-from hpo.progress import Progress
-from hpo.study import begin_study, busy_fraction, now, write_meta
-from hpo.tuning.cluster import join_cluster
-from hpo.tuning.observer import StudyCallback
-from hpo.tuning.options import Plan, StudyError
+from hpo.errors import SpaceInfeasible, StudyFault
+from hpo.live import Progress
+from hpo.plan import Plan
+from hpo.provenance import now, versions
+from hpo.record import DUPLICATE, REJECTED, RUNS, Record
+from hpo.status import Status
+from hpo.tuning.callbacks import StudyCallback
+from hpo.tuning.cluster import await_fit, join_cluster
 from hpo.tuning.placement import feasibility, probe, trial_resources
 from hpo.tuning.scheduler import Rungs
-from hpo.tuning.searcher import (
-    CONFIG,
-    MAX_DUPLICATES_IN_A_ROW,
-    REASON,
-    STATUS,
-    Record,
-    SpaceInfeasible,
-    StudySearcher,
-    open_study,
-)
+from hpo.tuning.searcher import MAX_DUPLICATES_IN_A_ROW, StudySearcher
 from hpo.tuning.trackers import tracker_callbacks
 from hpo.tuning.trainable import train_trial
 from hpo.weights import WEIGHTS_ENV
@@ -49,95 +43,86 @@ from hpo.weights import WEIGHTS_ENV
 EXPERIMENT = "ray"  # Tune's experiment folder in the study folder; trials in ray/trial-<n>
 
 
-def run_search(plan: Plan, data: Dataset, console: Console, data_s: float = 0.0) -> Path:
-    """Run the study `plan` describes on `data`, or continue it, and return its folder;
-    `console` shows its progress.
+def run_search(plan: Plan, record: Record, data: Dataset, console: Console,
+               run: dict[str, Any], data_s: float = 0.0,
+               trainable: Callable | None = None) -> Path:
+    """Run the study `plan` describes on `data`, continuing its `record`, and return its
+    folder; `console` shows its progress.
 
-    The caller holds the study's lock (hpo.lock.StudyLock) and sends what Ray prints to
-    ray.log (hpo.progress.output_to); `data_s` is how long loading `data` took, for the
-    study's time breakdown. Finished trials are never trained again;
-    unfinished ones continue from their last checkpoint; TPE continues from the whole record;
-    a complete study is left exactly as it is. Raises KeyboardInterrupt after Ctrl-C or
-    SIGTERM, once everything is saved; SpaceInfeasible when the space's draws are almost all
-    infeasible; StudyError when the study's files cannot be written.
+    The caller holds the study's lock (hpo.lock.StudyLock), has made the record whole and
+    sends what Ray prints to ray.log (hpo.capture.output_to); `run` is what the record
+    keeps of this run (hpo.study.run_entry), completed here; `data_s` is how long loading
+    `data` took, for the study's time breakdown. `trainable` is what each trial runs
+    (default: hpo.tuning.trainable.train_trial; it takes the config, then data, metric,
+    mode, rungs, checkpoint_every and resume as keywords). Finished trials are never trained
+    again; unfinished ones continue from their last checkpoint; TPE and ASHA continue from the
+    whole record. Raises KeyboardInterrupt after Ctrl-C or SIGTERM, StudyFault after a fault
+    (the record unreachable, a full disk), each once everything is saved; SpaceInfeasible when
+    the space's draws are almost all infeasible.
     """
-    space, options, study = plan.space, plan.options, plan.folder
-    if plan.resumed and _complete(plan, console):
-        return study
+    space, options, folder = plan.space, plan.options, plan.folder
     t_ray = time.time()
     _connect(options)
     t_ray = time.time() - t_ray
     try:
-        storage = optuna.storages.RDBStorage(_storage_url(plan))
-        record_study = open_study(space, study.name, storage, options.seed)
-        if not record_study.get_trials(deepcopy=False):
+        if not record.trials:
             for name in space.starting_points:  # first: every study has to beat them
-                space.enqueue(record_study, space.point(name))
-        record = Record.read(record_study)
-        budget = max(0, space.trials - len(record.finished) - len(record.resumed))
-        try:
-            meta = begin_study(plan, data)
-        except OSError as exc:
-            raise StudyError(f"{exc.filename or study}: cannot write ({exc.strerror})"
-                             ) from None
-        board = Leaderboard.load(study / "leaderboard.csv", space.metric, space.mode,
-                                 space.objectives[1:])
-        board.reconcile(_ended(record, space.metric),
-                        {str(r.number) for r in record.resumed})
-        board.write()
+                space.enqueue(record.study, space.point(name))
+        unfinished, ended = len(record.unfinished()), len(record.ended())
+        budget = max(0, space.trials - ended - unfinished)
+        runs = [*record.meta.get(RUNS, []), run]
+        record.set_meta(RUNS, runs)
         if plan.resumed:
-            console.print(f"resuming {study}: {len(record.finished)} trials finished, "
-                          f"{len(record.resumed)} to continue, {budget} to start")
+            console.print(f"resuming {folder.path}: {ended} trials finished, {unfinished} to "
+                          f"continue, {budget} to start")
         t0 = time.time()
-        searcher, callback = _run(plan, data, record_study, storage, record, board,
-                                  budget, console, t_ray)
+        searcher, callback = _run(plan, record, data, budget, console, t_ray,
+                                  trainable or train_trial)
         t1 = time.time()
     finally:
         ray.shutdown()
     busy = busy_fraction(callback.intervals, t0, t1)
-    meta.update(wall_s=round(meta.get("wall_s", 0) + t1 - t0, 1),
-                busy_fraction=round(busy, 4),
-                rejected=record.rejected + searcher.rejected,
-                duplicates=record.duplicates + searcher.duplicates)
-    meta["time"] = {"data_s": round(data_s, 2), **callback.time_spent(t0, t1, busy)}
-    best = board.best()
-    if best:
-        meta["best"] = {"trial_id": best["trial_id"], space.metric: best[space.metric]}
-    stopped = searcher.interrupted or searcher.error
-    meta["runs"][-1].update(ended=now(), stopped_by=searcher.stopped_by or None)
-    if not stopped:
-        meta["finished"] = now()
-    write_meta(study, meta)
-    _summarise(console, study, board, busy, t1 - t0, meta, searcher)
-    if searcher.interrupted and not searcher.error:
+    run.update(ended=now(), stopped_by=searcher.stopped_by or None, wall_s=round(t1 - t0, 1),
+               busy_fraction=round(busy, 4), fingerprint=data.fingerprint,
+               time={"data_s": round(data_s, 2), **callback.time_spent(t0, t1, busy)},
+               rejected=searcher.rejected, duplicates=searcher.duplicates,
+               versions=versions())
+    try:
+        record.set_meta(RUNS, runs)
+        views.rebuild(folder, record)
+    except StudyFault as exc:
+        searcher.fault(exc)
+    except OSError as exc:
+        searcher.fault(StudyFault(f"{exc.filename or folder.path}: cannot write "
+                                  f"({exc.strerror})"))
+    _summarise(console, folder.path, record, space, busy, t1 - t0, run, searcher)
+    if searcher.error:
+        raise StudyFault(f"{searcher.error}; everything up to then is kept in the record; "
+                         f"once that is mended, continue with: {_command_line()}")
+    if searcher.interrupted and not searcher.infeasible:
         console.print(f"[yellow]stopped by {searcher.stopped_by}[/]: everything so far is "
                       f"kept; continue with\n  {_command_line()}")
-    if searcher.error:
-        raise SpaceInfeasible(searcher.error)
+    if searcher.infeasible:
+        raise SpaceInfeasible(searcher.infeasible)
     if searcher.stopped_by in ("Ctrl-C", "SIGTERM"):
         raise KeyboardInterrupt
-    return study
+    return folder.path
 
 
-def _complete(plan: Plan, console: Console) -> bool:
-    """Whether the record holds every trial the study asks for, with none to continue; then
-    say so. Nothing is written: a complete study run again stays as it is."""
-    storage = optuna.storages.RDBStorage(_storage_url(plan))
-    record = Record.read(open_study(plan.space, plan.folder.name, storage, plan.options.seed))
-    if record.resumed or len(record.finished) < plan.space.trials:
-        return False
-    console.print(f"{plan.folder}: this study is complete ({len(record.finished)} trials; "
-                  "--trials N extends it, --fresh starts a new one)")
-    return True
+def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """Share of [start, end] covered by at least one interval (trials training or evaluating)."""
+    covered, reach = 0.0, start
+    for a, b in sorted(intervals):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered / max(1e-9, end - start)
 
 
 def _connect(options) -> None:
     """Join the cluster at --address, or start a Ray of our own on this machine."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides, see _interruptible
-    # Tune's older output engine, the one that takes our reporter (_Quiet): the newer one
-    # prints a "Configuration for experiment" box and a TensorBoard hint into /tmp/ray
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    compat.quiet_tune()
     if options.address:
         # a shared --weights-dir reaches the trials on every node, not only this one's
         join_cluster(options.address, {k: os.environ[k] for k in (WEIGHTS_ENV,)
@@ -148,60 +133,52 @@ def _connect(options) -> None:
                  log_to_driver=False)
 
 
-def _storage_url(plan: Plan) -> str:
-    return plan.options.storage or f"sqlite:///{plan.folder.resolve()}/study.db"
-
-
-def _ended(record: Record, metric: str) -> dict[str, dict[str, Any]]:
-    """What the record says of each trial that ended, as Leaderboard.reconcile takes it."""
-    ended = {}
-    for t in record.finished:
-        values = t.intermediate_values
-        ended[str(t.number)] = {
-            "config": t.user_attrs[CONFIG], "status": t.user_attrs.get(STATUS, "failed"),
-            "reason": t.user_attrs.get(REASON, ""), "epochs_trained": max(values, default=0),
-            metric: t.values[0] if t.values else None}
-    return ended
-
-
-def _run(plan, data, record_study, storage, record, board, budget, console, t_ray):
-    space, options, study = plan.space, plan.options, plan.folder
+def _run(plan: Plan, record: Record, data: Dataset, budget: int, console: Console,
+         t_ray: float, trainable: Callable):
+    space, options, folder = plan.space, plan.options, plan.folder
     machines = {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
     if len(machines) > 1 and not options.storage_path:
         console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
                       "machines other than this one cannot write to the study folder here. "
                       "Pass --storage-path with a shared path or s3://bucket/prefix.")
+    if options.address:
+        await_fit(options.cpus_per_trial, options.gpus_per_trial or 0, options.node_wait,
+                  lambda line: console.print(line, markup=False, highlight=False))
     cluster = ray.cluster_resources()
     packer = (probe(space, data, options, console)
               if cluster.get("GPU") and options.gpus_per_trial is None else None)
-    resources, slots = trial_resources(options, cluster, console, packer, study.name)
+    resources, slots = trial_resources(options, cluster, console, packer, folder.name)
     concurrency = max(1, int(options.concurrency or space.concurrency or slots))
-    searcher = StudySearcher(space, record_study, storage, record, budget,
+    searcher = StudySearcher(space, record, budget,
                              feasibility(data, packer, cluster, concurrency))
-    progress = Progress(console, study.name, space.trials, space.metric, space.mode,
+    progress = Progress(console, folder.name, space.trials, space.metric, space.mode,
                         max_epochs=space.max_epochs, rungs=space.rungs(),
                         reduction_factor=space.reduction_factor, concurrency=concurrency)
-    callback = StudyCallback(board, progress, searcher, packer=packer, ray_start_s=t_ray,
+    callback = StudyCallback(folder, record, searcher, progress, packer, ray_start_s=t_ray,
                              keep_checkpoints=options.keep_checkpoints)
-    history = {int(tid): {e: c.get(space.metric) for e, c in curve.items()}
-               for tid, curve in board.curves.items() if tid.isdigit()}
+    history = {t.number: {e["epoch"]: e.get(space.metric) for e in t.epochs}
+               for t in record.real()}
     scheduler = Rungs(space.metric, space.mode, space.rungs(), space.reduction_factor,
                       history)
-    resume = {r.number: r.checkpoint for r in record.resumed if r.checkpoint}
+    resume = {t.number: t.checkpoint for t in record.unfinished() if t.checkpoint}
     trainable = tune.with_resources(tune.with_parameters(
-        train_trial, data=data.without_test(), metric=space.metric, mode=space.mode,
+        trainable, data=data.without_test(), metric=space.metric, mode=space.mode,
         rungs=tuple(scheduler.rungs), checkpoint_every=options.checkpoint_every,
         resume=resume), resources)
-    tuner = new_tuner(space, options, study, trainable, searcher, callback, scheduler,
-                      concurrency, len(record.resumed) + budget)
+    tuner = new_tuner(space, options, folder.path, trainable, searcher, callback, scheduler,
+                      concurrency, len(record.unfinished()) + budget)
     with progress, _interruptible(searcher):
         tuner.fit()
-    for tid in [t for t, row in board.rows.items() if row["status"] == "running"]:
-        if searcher.interrupted or searcher.error:
-            callback.interrupted(tid)  # Tune ends them without a callback: they go on later
-        else:
-            board.finish(tid, "failed", "lost: Ray lost track of it")
-    board.write()
+    for number in searcher.running().values():
+        try:
+            if searcher.interrupted:
+                callback.interrupted(number)  # Tune ends them without a word: they go on later
+            elif record.trials[number].status == Status.RUNNING:
+                record.end(number, Status.FAILED, "lost: Ray lost track of it", space.metric,
+                           space.mode)
+        except StudyFault as exc:  # unrecorded, it stays unfinished: continued next run
+            searcher.fault(exc)
+    callback.refresh(force=True)
     return searcher, callback
 
 
@@ -237,7 +214,7 @@ def _trial_name(trial) -> str:
 
 
 class _Quiet(tune.ProgressReporter):
-    """Tune's progress reports, none: the live view (hpo.progress) shows the search. Tune's
+    """Tune's progress reports, none: the live view (hpo.live) shows the search. Tune's
     own pick in Jupyter would clear the cell's output, the live view with it."""
 
     def should_report(self, trials, done: bool = False) -> bool:
@@ -247,9 +224,11 @@ class _Quiet(tune.ProgressReporter):
         pass
 
 
-class _Stop(tune.Stopper):
-    """Ends the Tune run once the searcher is stopped (Ctrl-C, SIGTERM, a budget of this run
-    spent: `epochs` trained in all, or `seconds` of wall time) or gives up."""
+class _Stop(compat.DriverOnly, tune.Stopper):
+    """Ends the Tune run once the searcher is stopped (Ctrl-C, SIGTERM, a fault, a budget of
+    this run spent: `epochs` trained in all, or `seconds` of wall time) or gives up."""
+
+    driver_only = ("searcher", "callback")
 
     def __init__(self, searcher: StudySearcher, callback: StudyCallback,
                  epochs: int | None = None, seconds: float | None = None):
@@ -268,9 +247,6 @@ class _Stop(tune.Stopper):
         if self.seconds and time.time() - self.t0 >= self.seconds:
             s.stop(f"the time budget ({self.seconds / 60:g} min)")
         return s.interrupted or bool(s.error)
-
-    def __getstate__(self):
-        return {"searcher": None}  # Tune pickles its run config; the flag lives here only
 
 
 @contextmanager
@@ -298,24 +274,26 @@ def _command_line() -> str:
     return " ".join(["hpo", *args])
 
 
-def _summarise(console: Console, study: Path, board: Leaderboard, busy: float, wall: float,
-               meta: dict[str, Any], searcher: StudySearcher):
-    counts = Counter(r["status"] for r in board.rows.values())
-    best = board.best()
-    spent = meta["time"]
-    console.print(f"[bold]{study}[/]: {len(board.rows)} trials in {wall:.0f} s · "
+def _summarise(console: Console, study: Path, record: Record, space, busy: float, wall: float,
+               run: dict[str, Any], searcher: StudySearcher):
+    trials = record.real()
+    counts = Counter(str(t.status) for t in trials)
+    best = record.best(space.metric, space.mode)
+    spent = run["time"]
+    console.print(f"[bold]{study}[/]: {len(trials)} trials in {wall:.0f} s · "
                   + " · ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     console.print(f"draws not run: {searcher.rejected} rejected before they became trials "
                   f"(cannot be built or would not fit), {searcher.duplicates} duplicates of "
-                  f"trials already run ({meta['rejected']} and {meta['duplicates']} in the "
-                  "whole study)")
+                  f"trials already run ({record.count(REJECTED)} and "
+                  f"{record.count(DUPLICATE)} in the whole study)")
     if searcher.exhausted:
         console.print(f"the space is exhausted: {MAX_DUPLICATES_IN_A_ROW} draws in a row "
                       "repeated configs already run, so the search ended early")
     if best:
-        console.print(f"best {board.metric} {best[board.metric]:.4f} (trial {best['trial_id']}"
-                      f"{', ' + best['config']['point'] if best['config'].get('point') else ''})"
-                      f" → {study / 'best.json'}")
+        point = best.config.get("point")
+        console.print(f"best {space.metric} {best.best(space.metric, space.mode)[0]:.4f} "
+                      f"(trial {best.number}{', ' + point if point else ''}) → "
+                      f"{study / 'best.json'}")
     console.print(f"trials computed {busy:.0%} of the wall time (busy %)")
     console.print(f"time: data {spent['data_s']:.1f} s before the search; no trial computing "
                   f"{spent['idle_s']:.0f} s of {wall:.0f} s (starting Ray "

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 
 import ray
 import torch
-from ray import tune
 from rich.console import Console
 
-from hpo import train
+from hpo import compat, train
 from hpo.data import Dataset
-from hpo.model import Infeasible
+from hpo.errors import Infeasible
+from hpo.options import SearchOptions
 from hpo.packing import Packer, device_bytes, predict_bytes
 from hpo.space import Space, random_configs
-from hpo.tuning.options import SearchOptions
 
 GPUS_PER_TRIAL = 0.25  # with GPUs, when no measurement decides: four trials per GPU
-
-# the packer of the study this process is searching: Tune calls _packed_resources for every
-# new trial, in this process, through the trainable it pickled (which names this module)
-_PACKERS: dict[str, Packer] = {}
-
-
-def _packed_resources(study: str, cpus: float, config: dict) -> tune.PlacementGroupFactory:
-    config = {k: v for k, v in config.items() if k != "trial"}  # the label, not a setting
-    return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": _PACKERS[study].fraction(config)}])
 
 
 def trial_resources(options: SearchOptions, cluster: dict, console: Console,
@@ -42,8 +31,11 @@ def trial_resources(options: SearchOptions, cluster: dict, console: Console,
     resources = {"cpu": options.cpus_per_trial}
     slots = int(cpus // options.cpus_per_trial)
     if packer is not None and gpus and options.gpus_per_trial is None:
-        _PACKERS[study] = packer
-        return (functools.partial(_packed_resources, study, options.cpus_per_trial),
+        def share(config: dict) -> dict[str, float]:
+            config = {k: v for k, v in config.items() if k != "trial"}  # a label, no setting
+            return {"CPU": options.cpus_per_trial, "GPU": packer.fraction(config)}
+
+        return (compat.per_trial_resources(study, share),
                 min(slots, int(gpus * packer.max_per_gpu)))
     per = options.gpus_per_trial
     if per is None:

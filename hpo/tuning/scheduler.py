@@ -4,8 +4,9 @@ Ray Tune's ASHAScheduler keeps its rungs in memory, keyed by Tune's trial ids: a
 would start with empty rungs and let every trial through its first few. This one is the same
 rule (Li et al., 2020; Ray's implementation with one bracket): at each rung, grace_period x
 reduction_factor**k epochs, a trial goes on only if its metric is in the top 1/reduction_factor
-of the values recorded there so far. Its rungs are seeded with what the study's earlier runs
-recorded, and a trial that continues from a checkpoint is not judged again at a rung it passed.
+of the values recorded there so far. Its rungs are seeded with what the study's record holds
+of its earlier runs, and a trial that continues from a checkpoint is not judged again at a
+rung it passed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Mapping
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from hpo.registry import sign
+
 
 class Rungs(FIFOScheduler):
     """ASHA over `epoch` at `rungs` (Space.rungs()), keyed by config["trial"]. `history` holds
@@ -25,7 +28,7 @@ class Rungs(FIFOScheduler):
     def __init__(self, metric: str, mode: str, rungs: list[int], reduction_factor: float,
                  history: Mapping[int, Mapping[int, float]] = {}):
         super().__init__()
-        self._metric_name, self._sign = metric, 1.0 if mode == "max" else -1.0
+        self._metric_name, self._sign = metric, sign(mode)
         self.reduction_factor = reduction_factor
         self.rungs = list(rungs)
         self._recorded: dict[int, dict[int, float]] = {r: {} for r in self.rungs}

@@ -15,6 +15,8 @@ from hpo import checkpoint, train
 from hpo.data import Dataset, decode_count
 from hpo.files import replace_file
 from hpo.packing import CONTEXT_BYTES
+from hpo.registry import sign as direction
+from hpo.status import Status
 
 
 def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tuple[int, ...] = (),
@@ -46,7 +48,7 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
     except Exception as exc:  # gone or unreadable: the trial starts again from epoch 1
         print(f"trial {number}: cannot continue from {found} ({exc!r})")
         state = found = None
-    sign = 1 if mode == "max" else -1
+    sign = direction(mode)
     best = {"value": None, "epoch": 0, "weights": None}
     if state:
         best.update(value=state.pop("best"), epoch=state.pop("best_epoch"),
@@ -65,7 +67,7 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
             # a copy on the host: the best epoch's weights outlive the epochs after it
             best.update(value=value, epoch=epoch, weights={
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-        due = epoch in rungs or metrics.get("status") == "completed" or (
+        due = epoch in rungs or metrics.get("status") == Status.COMPLETED or (
             time.monotonic() - last_saved[0] >= checkpoint_every)
         if model is None or state is None or not due:
             tune.report(metrics)

@@ -1,5 +1,5 @@
-"""The live view of a running study in the terminal, fed by trial events; one plain line per
-event where the output is not a terminal (a log file, CI). Also: Ray's output sent to ray.log.
+"""The live view of a running study in the terminal or a Jupyter cell, fed by trial events; one
+plain line per event where the output is not a terminal (a log file, CI).
 
 No Ray here: the search's Tune callback turns what Tune sees into these events, and a test
 feeds them by hand.
@@ -7,17 +7,11 @@ feeds them by hand.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import io
-import logging
 import math
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from rich.console import Console
@@ -26,6 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from hpo import fmt
+from hpo.estimate import expected_epochs, makespan
+from hpo.registry import sign
+from hpo.status import Status
 
 FINISHED_ROWS = 4  # the last few finished trials stay in view, under the running ones
 
@@ -44,7 +41,7 @@ class _Trial:
     startup_s: float | None = None  # from start to the first epoch, less that epoch
     last: float = 0.0  # when it last reported
     printed: float = -math.inf  # when its last plain epoch line went out
-    status: str = "running"
+    status: str = Status.RUNNING
     reason: str = ""
     ended: float | None = None
 
@@ -135,8 +132,7 @@ class Progress:
             value = metrics.get(self.metric)
             if value is not None and math.isfinite(value):
                 trial.value = value
-                if trial.best is None or (value > trial.best if self.mode == "max"
-                                          else value < trial.best):
+                if trial.best is None or sign(self.mode) * value > sign(self.mode) * trial.best:
                     trial.best = value
             if metrics.get("img_per_s"):
                 trial.img_per_s = metrics["img_per_s"]
@@ -247,7 +243,7 @@ class Progress:
 
     def _finished_count(self) -> int:
         if self.counts is not None:
-            return sum(v for k, v in self.counts.items() if k != "running")
+            return sum(v for k, v in self.counts.items() if k != Status.RUNNING)
         return len(self.finished)
 
     # drawing --------------------------------------------------------------------------------
@@ -285,22 +281,22 @@ class Progress:
         if self.counts is None:
             for t in self.finished:
                 counts[t.status] = counts.get(t.status, 0) + 1
-        counts["running"] = len(self.running)
-        finished = sum(v for k, v in counts.items() if k != "running")
+        counts[Status.RUNNING] = len(self.running)
+        finished = sum(v for k, v in counts.items() if k != Status.RUNNING)
         line = Text.assemble(("hpo ", "bold"), (self.study, "cyan"),
-                             f"  {finished}/{self.trials} finished · {counts['running']} running")
-        for status in ("completed", "stopped", "infeasible", "failed", "diverged", "oom"):
-            if counts.get(status):
+                             f"  {finished}/{self.trials} finished · "
+                             f"{counts[Status.RUNNING]} running")
+        for status in Status:
+            if status.ended and counts.get(status):
                 line.append(f" · {counts[status]} {status}",
-                            "yellow" if status in ("failed", "diverged", "oom") else None)
+                            "yellow" if status.failure else None)
         return line
 
     def _best_line(self) -> Text:
         best, found = "best: none yet", self.best
         if found is None:  # no study_update yet: the best of the trials seen
             seen = [t for t in (*self.running.values(), *self.finished) if t.best is not None]
-            sign = 1 if self.mode == "max" else -1
-            top = max(seen, key=lambda t: sign * t.best, default=None)
+            top = max(seen, key=lambda t: sign(self.mode) * t.best, default=None)
             found = top and (top.best, top.trial_id, top.label)
         if found:
             value, trial, point = found
@@ -372,28 +368,6 @@ _CELL_HTML = ('<pre style="white-space:pre;overflow-x:auto;line-height:normal;fo
               'Menlo,\'DejaVu Sans Mono\',consolas,\'Courier New\',monospace">{code}</pre>')
 
 
-def expected_epochs(done: int, epochs: int, rungs: Sequence[int],
-                    reduction_factor: float) -> float:
-    """Epochs a trial that has trained `done` of its `epochs` can expect to train still under
-    ASHA: on to its next rung for sure, past each later rung with chance 1/reduction_factor
-    (ASHA keeps the top 1/reduction_factor of the trials at a rung), on to `epochs`."""
-    left, chance, at = 0.0, 1.0, done
-    for rung in sorted(r for r in rungs if done < r < epochs):
-        left += chance * (rung - at)
-        chance, at = chance / reduction_factor, rung
-    return left + chance * max(0, epochs - at)
-
-
-def makespan(running: Sequence[float], waiting: Sequence[float], slots: int) -> float:
-    """Seconds until the last job ends: `running` jobs (seconds each has left) hold slots,
-    each `waiting` job (its seconds) takes the first slot free, `slots` at once."""
-    free = sorted([*running, *[0.0] * max(0, slots - len(running))])
-    heapq.heapify(free)
-    for job in waiting:
-        heapq.heappush(free, heapq.heappop(free) + job)
-    return max(free, default=0.0)
-
-
 def _epoch_seconds(metrics: Mapping[str, Any]) -> float | None:
     if metrics.get("t_start") is not None and metrics.get("t_end") is not None:
         return float(metrics["t_end"]) - float(metrics["t_start"])
@@ -404,93 +378,3 @@ def _who(trial: _Trial) -> str:
     return f"trial {trial.trial_id}" + (f" ({trial.label})" if trial.label else "")
 
 
-@contextlib.contextmanager
-def output_to(log_path: Path, console: Console | None = None, verbose: bool = False):
-    """While the block runs, send what Ray, Tune and the libraries they call print to
-    `log_path`: fds 1 and 2 (Ray's processes inherit them), Python's sys.stdout and sys.stderr
-    and the logging handlers that write to them (a notebook's streams are not fds 1 and 2).
-    Yield `console`, or a rich Console on the original fd 1, for our own view; with
-    `verbose`, that output is also printed there (above a live view), and still logged."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = None
-    if console is None:
-        terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
-        console = Console(file=terminal)
-    log = open(log_path, "ab", buffering=0)
-    echo = None
-    if verbose:
-        read_end, target = os.pipe()
-        echo = _Echo(read_end, log, console)
-    else:
-        target = log.fileno()
-    stream = os.fdopen(os.dup(target), "w", buffering=1, errors="replace")
-    streams = sys.stdout, sys.stderr
-    os.dup2(target, 1)
-    os.dup2(target, 2)
-    sys.stdout = sys.stderr = stream
-    handlers = _point_handlers({*streams, sys.__stdout__, sys.__stderr__}, stream)
-    try:
-        yield console
-    finally:
-        stream.flush()
-        # handlers made meanwhile (a library imported in the block) write to `stream` too
-        _point_handlers({stream}, streams[1])
-        for handler, before in handlers:
-            handler.setStream(before)
-        sys.stdout, sys.stderr = streams
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        for fd in (saved_out, saved_err):
-            os.close(fd)
-        stream.close()
-        if echo:
-            os.close(target)
-            echo.stop()
-        else:
-            log.close()
-        if terminal:
-            terminal.close()
-
-
-def _point_handlers(streams: set, stream) -> list[tuple[logging.StreamHandler, Any]]:
-    """Point every logging handler that writes to one of `streams` at `stream`; return each
-    with the stream it had."""
-    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in
-                                      list(logging.root.manager.loggerDict))]
-    moved = []
-    for handler in {h for lg in loggers for h in lg.handlers}:
-        if (isinstance(handler, logging.StreamHandler)
-                and not isinstance(handler, logging.FileHandler)
-                and any(handler.stream is s for s in streams if s is not None)):
-            moved.append((handler, handler.setStream(stream)))
-    return moved
-
-
-class _Echo:
-    """--verbose: a thread copying what is written to the pipe `read_end` to `log` and, line
-    by line, to `console`. After `stop` it only logs, until the last writer (a Ray process
-    that outlives the block) closes the pipe."""
-
-    def __init__(self, read_end: int, log, console: Console):
-        self.read_end, self.log, self.console = read_end, log, console
-        self.showing = True
-        self.thread = threading.Thread(target=self._run, daemon=True, name="hpo-echo")
-        self.thread.start()
-
-    def _run(self) -> None:
-        pending = b""
-        while chunk := os.read(self.read_end, 65536):
-            self.log.write(chunk)
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if lines and self.showing:
-                self.console.print("\n".join(line.decode(errors="replace") for line in lines),
-                                   markup=False, highlight=False, soft_wrap=True)
-        os.close(self.read_end)
-        self.log.close()
-
-    def stop(self) -> None:
-        self.thread.join(timeout=1.0)  # what is already in the pipe still shows
-        self.showing = False
