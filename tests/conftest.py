@@ -14,6 +14,7 @@ import subprocess
 import sys
 import termios
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,27 +135,127 @@ def stored_study(folder: Path):
     return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
 
 
-def study_tuner(space, folder: Path, trainable, concurrency: int = 2):
-    """One run of a study as hpo wires it (the Optuna record, its searcher, ASHA, the
-    leaderboard callback) around a test's own trainable: (the Tune tuner, the leaderboard)."""
-    import optuna
+ROOT = Path(__file__).parents[1]
+TINY = ROOT / "tests/spaces/tiny.py"
 
-    from hpo.leaderboard import Leaderboard
-    from hpo.tuning import SearchOptions
-    from hpo.tuning.driver import new_tuner
-    from hpo.tuning.observer import StudyCallback
-    from hpo.tuning.scheduler import Rungs
-    from hpo.tuning.searcher import Record, StudySearcher, open_study
 
-    folder.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}")
-    record = open_study(space, folder.name, storage, seed=0)
-    searcher = StudySearcher(space, record, storage, Record.read(record), space.trials)
-    board = Leaderboard(folder / "leaderboard.csv", space.metric, space.mode)
-    scheduler = Rungs(space.metric, space.mode, space.rungs(), space.reduction_factor)
-    return new_tuner(space, SearchOptions(), folder, trainable, searcher,
-                     StudyCallback(board, None, searcher), scheduler, concurrency,
-                     space.trials), board
+def begun(results: Path, data: Path, space: Path = TINY, **options):
+    """A study of `space` born in `results` as `hpo search` begins one (planned, its record
+    made and its views written), with no trial run: (the Plan, its Record)."""
+    from hpo.lock import StudyLock
+    from hpo.options import SearchOptions
+    from hpo.plan import plan_search
+    from hpo.study import begin
+
+    plan = plan_search(space, SearchOptions(data=str(data), results=str(results), **options))
+    with StudyLock(plan.folder.path):
+        return plan, begin(plan)
+
+
+def add_trial(record, config: dict, values: list[float], *, epochs: int | None = None,
+              status: str | None = None, reason: str = "", params: int = 100,
+              metric: str = "val_acc") -> int:
+    """A trial written into `record` as the searcher writes one: asked, started, one report
+    per value in `values`, ended (as the reports decide, or as `status`). Its number."""
+    from hpo.status import Status, decide
+
+    trial = record.ask()
+    record.start(trial.number, {"epochs": epochs or len(values), **config})
+    last = {"epoch": 0, "epochs": epochs or len(values)}
+    for epoch, value in enumerate(values, 1):
+        last = {"epoch": epoch, "epochs": epochs or len(values), metric: value,
+                "params": params, "img_per_s": 10.0, "t_start": epoch, "t_end": epoch + 0.5}
+        record.epoch(trial.number, last, metric)
+    if status is None or status != "running":
+        final = Status(status) if status else decide(last)
+        record.end(trial.number, final, reason, metric, "max" if metric == "val_acc" else "min")
+    return trial.number
+
+
+def fast_trial(config, data=None, metric="val_acc", mode="max", rungs=(), checkpoint_every=0,
+               resume=None):
+    """A trainable for the search driver that builds no network: each epoch takes 20 ms and
+    reports a value that grows with the epoch and is best near lr 0.01, so ASHA and TPE have
+    something to tell apart."""
+    import math
+    import time
+
+    from ray import tune
+
+    epochs = config["epochs"]
+    quality = max(0.05, 1 - abs(math.log10(config.get("lr", 0.01)) + 2) / 4)
+    for epoch in range(1, epochs + 1):
+        t0 = time.time()
+        time.sleep(0.02)
+        value = quality * epoch / epochs
+        tune.report({"epoch": epoch, "epochs": epochs, "val_acc": value, "val_loss": 1 - value,
+                     "train_loss": 1 - value, "params": 1000, "img_per_s": 100.0,
+                     "train_seconds": 0.02, "t_start": t0, "t_end": time.time(),
+                     "status": "completed" if epoch == epochs else "running"})
+
+
+def search(space: Path, results: Path, data: Path, trainable=fast_trial, **options) -> Path:
+    """One run of `hpo search` in this process, with `trainable` for its trials and its live
+    view discarded: the study folder."""
+    from ray import cloudpickle
+    from rich.console import Console
+
+    from hpo.options import SearchOptions
+    from hpo.study import run_study
+
+    if not trainable.__module__.startswith("hpo."):
+        # Ray's workers cannot import a test module: the trainable travels by value
+        cloudpickle.register_pickle_by_value(sys.modules[trainable.__module__])
+    options.setdefault("num_cpus", 2)
+    return run_study(space, SearchOptions(data=str(data), results=str(results), **options),
+                     console=Console(file=io.StringIO(), width=120), trainable=trainable)
+
+
+def hpo_command(*args, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`hpo ARGS` run as a user runs it, in `cwd`."""
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Finished:
+    """A study `hpo search` ran to its end: its folder, where it ran, what it printed, and the
+    row counts a reader polling leaderboard.csv meanwhile read."""
+
+    folder: Path
+    cwd: Path
+    run: subprocess.CompletedProcess
+    reads: list[int]
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory, tiny_parquet) -> Finished:
+    """One real `hpo search` of tests/spaces/tiny.py (6 trials, ASHA, the starting point, real
+    training), run to its end once per session with a reader polling its leaderboard, for the
+    tests that only read a finished study. They must not change it."""
+    import threading
+
+    import pandas as pd
+
+    cwd = tmp_path_factory.mktemp("finished")
+    board = cwd / "results/tiny/leaderboard.csv"
+    reads, done = [], threading.Event()
+
+    def read_while_running():
+        while not done.is_set():
+            if board.exists():
+                reads.append(len(pd.read_csv(board)))  # must never see half a file
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=read_while_running)
+    reader.start()
+    try:
+        run = hpo_command("search", TINY, "--data", tiny_parquet, "--num-cpus", 2, cwd=cwd)
+    finally:
+        done.set()
+        reader.join()
+    assert run.returncode == 0, run.stderr[-3000:]
+    return Finished(cwd / "results/tiny", cwd, run, reads)
 
 
 @pytest.fixture

@@ -15,13 +15,16 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from hpo.backbone import STAGES, Backbone
-from hpo.config import BACKBONES, complete
+from hpo.backbone import Backbone
+from hpo.config import SCHEMA, complete
 from hpo.data import Dataset
-from hpo.model import Infeasible, build_model, count_parameters
+from hpo.device import preprocess, to_device
+from hpo.errors import Infeasible
+from hpo.model import build_model, count_parameters
 from hpo.packing import predict_bytes
+from hpo.registry import BACKBONES
 from hpo.space import load_space, random_configs
-from hpo.train import make_optimizer, preprocess, setup_training, to_device, train_step
+from hpo.train import make_optimizer, setup_training, train_step
 from hpo.weights import (
     WEIGHTS_ENV,
     WeightsError,
@@ -67,7 +70,7 @@ def resnet18(**kw) -> dict:
 def test_the_registry_covers_every_backbone_value_with_torchvisions_file_names():
     from torchvision.models import get_model_weights
 
-    assert set(STAGES) == set(BACKBONES)
+    assert set(SCHEMA["backbone"].choices) == {"none", *BACKBONES}
     for name in BACKBONES:
         # hpo.weights keeps its own table, so a missing file is told without importing torch
         assert weights_url(name) == get_model_weights(name).DEFAULT.url

@@ -1,73 +1,95 @@
-"""A study's identity: what a resume must match is recorded once and compared setting by
-setting; what it may change, and what the command leaves out, come from the record."""
+"""Options declared once: the parser, the Python keywords, the one validator and the docs rows
+all come from the same declarations."""
 
-import json
-from pathlib import Path
+import argparse
+import os
 
 import pytest
 
-from hpo.data import load_dataset
-from hpo.study import begin_study
-from hpo.tuning.options import SearchOptions, StudyError, check_data, plan_search
-
-TINY = Path(__file__).parents[1] / "tests/spaces/tiny.py"
-
-
-@pytest.fixture
-def recorded(tmp_path, tiny_parquet):
-    """A study folder whose study.json records a study of tests/spaces/tiny.py."""
-    options = SearchOptions(data=str(tiny_parquet), fraction=0.5, split_seed=3, seed=7,
-                            max_epochs=3, results=tmp_path / "results")
-    plan = plan_search(TINY, options)
-    plan.folder.mkdir(parents=True)
-    begin_study(plan, load_dataset(tiny_parquet, fraction=0.5, seed=3))
-    return plan
+from hpo.errors import ConfigError
+from hpo.options import (
+    IDENTITY,
+    STICKY,
+    SearchOptions,
+    TrainOptions,
+    add_arguments,
+    check,
+    declared,
+    describe,
+    from_arguments,
+    from_keywords,
+)
 
 
-def test_a_resume_takes_the_recorded_settings_the_command_leaves_out(recorded):
-    plan = plan_search(TINY, SearchOptions(results=recorded.folder.parent, trials=9))
-    o = plan.options
-    assert (o.fraction, o.split_seed, o.seed, o.data) == (0.5, 3, 7, recorded.options.data)
-    assert plan.space.max_epochs == 3 and plan.space.trials == 9 and plan.resumed
+def parse(cls, *argv):
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser, cls)
+    return from_arguments(cls, parser.parse_args(argv))
 
 
-@pytest.mark.parametrize("given, message", [
-    (dict(fraction=0.25), "--fraction differs from this study's: recorded 0.5, given 0.25"),
-    (dict(split_seed=0), "--split-seed differs from this study's: recorded 3, given 0"),
-    (dict(seed=1), "--seed differs from this study's: recorded 7, given 1"),
-    (dict(max_epochs=4), "--max-epochs differs from this study's: recorded 3, given 4"),
-    (dict(storage="sqlite:///elsewhere.db"), "--storage differs"),
+def test_every_field_is_an_option_with_help():
+    for cls in (SearchOptions, TrainOptions):
+        fields = [f for f in cls.__dataclass_fields__]
+        assert set(declared(cls)) == set(fields)
+        assert all(o.help for _, o in declared(cls).values())
+
+
+def test_the_command_line_and_python_give_the_same_options():
+    given = parse(SearchOptions, "--trials", "5", "--fraction", "0.5", "--time-budget", "2",
+                  "--log", "mlflow", "--log", "mlflow", "--verbose")
+    keywords = from_keywords(SearchOptions, dict(trials=5, fraction=0.5, time_budget=120,
+                                                 log=("mlflow",), verbose=True), "test")
+    assert given == keywords
+    # minutes on the command line, seconds in the field
+    assert given.time_budget == 120 and given.node_wait == 600
+
+
+def test_the_command_line_refuses_a_bad_value_naming_what_it_allows():
+    with pytest.raises(argparse.ArgumentError, match="must be 1 or more, got 0"):
+        parse(SearchOptions, "--trials", "0")
+    with pytest.raises(argparse.ArgumentError, match=r"must be in \(0, 1\], got 1.5"):
+        parse(SearchOptions, "--fraction", "1.5")
+    with pytest.raises(argparse.ArgumentError, match="a folder's name"):
+        parse(SearchOptions, "--name", "a/b")
+
+
+@pytest.mark.parametrize("keywords, message", [
+    (dict(trials=0), "trials must be 1 or more, got 0"),
+    (dict(fraction=2), r"fraction must be in \(0, 1\], got 2"),
+    (dict(gpus_per_trial=0), r"gpus_per_trial must be in \(0, 64\], got 0"),
+    (dict(name=""), "name must be a folder's name"),
+    (dict(fresh="yes"), "fresh must be True or False"),
+    (dict(log=("tensorboard",)), "log must be one of mlflow, wandb"),
 ])
-def test_a_resume_that_differs_names_the_setting_and_both_values(recorded, given, message):
-    with pytest.raises(StudyError, match="pass --fresh") as info:
-        plan_search(TINY, SearchOptions(results=recorded.folder.parent, **given))
-    assert message in str(info.value)
+def test_python_keywords_are_checked_by_the_same_rules(keywords, message):
+    with pytest.raises(ConfigError, match=message):
+        from_keywords(SearchOptions, keywords, "hpo.search")
 
 
-def test_other_images_or_another_space_are_refused(recorded, tmp_path):
-    plan = plan_search(TINY, SearchOptions(results=recorded.folder.parent))
-    content = plan.meta["identity"]["data"]
-    check_data(plan, content)
-    with pytest.raises(StudyError, match=f"the images themselves.*content {content}, given b"):
-        check_data(plan, "beef")
-    other = tmp_path / "tiny.py"
-    other.write_text(TINY.read_text() + "\n# edited\n")
-    with pytest.raises(StudyError, match="the space file differs"):
-        plan_search(other, SearchOptions(results=recorded.folder.parent))
+def test_an_unknown_keyword_is_a_type_error_listing_the_options():
+    with pytest.raises(TypeError, match="hpo.search: no option 'trails'.*trials"):
+        from_keywords(SearchOptions, dict(trails=3), "hpo.search")
 
 
-def test_what_a_resume_may_change_is_not_compared(recorded):
-    plan = plan_search(TINY, SearchOptions(results=recorded.folder.parent, trials=20,
-                                           concurrency=1, cpus_per_trial=2, num_cpus=2,
-                                           checkpoint_every=5, keep_checkpoints=True))
-    assert plan.options.concurrency == 1 and plan.space.trials == 20
+def test_paths_are_made_absolute_so_a_study_works_from_any_folder(tmp_path):
+    options = check(SearchOptions(data="data/x", weights_dir="~/w", results="results"))
+    assert options.data == os.path.abspath("data/x")
+    assert options.weights_dir == os.path.expanduser("~/w")
+    assert os.path.isabs(options.results)
+    assert check(SearchOptions(data="torchvision:dl")).data == f"torchvision:{os.path.abspath('dl')}"
 
 
-def test_a_folder_that_is_not_a_study_is_left_alone(tmp_path):
-    (tmp_path / "results/tiny").mkdir(parents=True)
-    (tmp_path / "results/tiny/notes.txt").write_text("mine")
-    with pytest.raises(StudyError, match="no study.json, so it is not an hpo study"):
-        plan_search(TINY, SearchOptions(data="x", results=tmp_path / "results"))
-    (tmp_path / "results/tiny/study.json").write_text(json.dumps({"trials": 3}))
-    with pytest.raises(StudyError, match="older hpo that recorded no study identity"):
-        plan_search(TINY, SearchOptions(data="x", results=tmp_path / "results"))
+def test_what_a_resume_does_with_each_option_is_declared():
+    resume = {n: o.resume for n, (_, o) in declared(SearchOptions).items()}
+    assert {n for n, r in resume.items() if r == IDENTITY} == {
+        "max_epochs", "grace_period", "fraction", "split_seed", "seed", "storage"}
+    assert {n for n, r in resume.items() if r == STICKY} == {"data", "trials"}
+
+
+def test_the_docs_rows_say_default_values_and_resume_rules():
+    rows = {r["option"]: r for r in describe(SearchOptions)}
+    assert rows["--split-seed"]["default"] == "0" and rows["--fraction"]["default"] == "1.0"
+    assert rows["--time-budget"]["values"] == "above 0"
+    assert rows["--seed"]["on a resume"] == "must match"
+    assert rows["--trials"]["on a resume"] == "kept unless given"
+    assert {r["option"] for r in describe(TrainOptions)} >= {"target", "--seeds", "--point"}

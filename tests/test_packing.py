@@ -10,12 +10,12 @@ import torch
 from ray import tune
 from rich.console import Console
 
-from conftest import study_tuner
-from hpo.model import Infeasible, build_model
+from hpo.errors import Infeasible
+from hpo.model import build_model
+from hpo.options import SearchOptions
 from hpo.packing import CONTEXT_BYTES, Packer, predict_bytes
 from hpo.space import load_space, random_configs
 from hpo.train import peak_memory
-from hpo.tuning import SearchOptions
 from hpo.tuning.placement import probe, trial_resources
 
 ROOT = Path(__file__).parents[1]
@@ -102,7 +102,7 @@ def test_measured_peak_stays_within_the_calibrated_need():
     assert packer.need(config) >= peak
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tune_gives_each_trial_the_fraction_its_config_needs(tmp_path):
     def reports_its_share(config):
         share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
@@ -128,7 +128,11 @@ def test_tune_gives_each_trial_the_fraction_its_config_needs(tmp_path):
                                             packer, "packed")
         assert slots == 4
         trainable = tune.with_resources(reports_its_share, resources)
-        tuner, _ = study_tuner(space, study, trainable, concurrency=slots)
+        points = [{**c, "trial": n} for n, c in enumerate(configs[:6])]
+        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+            search_alg=tune.search.BasicVariantGenerator(points_to_evaluate=points),
+            num_samples=len(points), max_concurrent_trials=slots),
+            run_config=tune.RunConfig(storage_path=str(study), verbose=0))
         results = tuner.fit()
     finally:
         ray.shutdown()

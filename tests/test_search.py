@@ -1,185 +1,145 @@
-"""A real `hpo search` through Ray (2 CPUs), Optuna and PyTorch on a small generated dataset."""
+"""A search end to end: the session's real `hpo search` (Ray on 2 CPUs, Optuna, PyTorch on a
+small generated dataset) read after the fact, and runs of the driver in this process with a
+fast trainable injected, for what a run does with the record it continues."""
 
 import json
 import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import stored_study
+from conftest import ROOT, TINY, hpo_command, search, stored_study
 from hpo.data import load_dataset
+from hpo.record import Record
 from hpo.train import run_trial
 
-ROOT = Path(__file__).parents[1]
-TINY = ROOT / "tests/spaces/tiny.py"
 
-pytestmark = pytest.mark.slow
-
-
-def hpo(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "hpo.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def study(tiny_parquet, tmp_path_factory):
-    """One search for the whole module, with a reader polling its leaderboard meanwhile."""
-    cwd = tmp_path_factory.mktemp("run")
-    board = cwd / "results/tiny/leaderboard.csv"
-    reads, done = [], threading.Event()
-
-    def read_while_running():
-        while not done.is_set():
-            if board.exists():
-                reads.append(len(pd.read_csv(board)))  # must never see half a file
-            time.sleep(0.05)
-
-    reader = threading.Thread(target=read_while_running)
-    reader.start()
-    try:
-        proc = hpo("search", TINY, "--data", tiny_parquet, "--num-cpus", 2, "--trials", 8,
-                   "--max-epochs", 3, "--name", "tiny", cwd=cwd)
-    finally:
-        done.set()
-        reader.join()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd, cwd / "results/tiny", proc, reads
-
-
-def test_search_writes_a_well_formed_leaderboard(study):
-    cwd, folder, proc, reads = study
-    df = pd.read_csv(folder / "leaderboard.csv")
-    assert len(df) == 8 and df["trial_id"].is_unique
-    assert list(df["rank"]) == list(range(1, 9))
+def test_search_writes_a_well_formed_leaderboard(finished_study):
+    df = pd.read_csv(finished_study.folder / "leaderboard.csv")
+    assert len(df) == 6 and df["trial_id"].is_unique
+    assert list(df["rank"]) == list(range(1, 7))
     assert set(df["status"]) <= {"completed", "stopped", "infeasible", "diverged", "oom"}
     # ASHA cut at least one trial short, and at least one ran its full epochs
     assert (df["status"] == "stopped").sum() >= 1 and (df["status"] == "completed").sum() >= 1
-    assert (df.loc[df.status == "stopped", "epochs_trained"] < 3).all()
+    assert (df.loc[df.status == "stopped", "epochs_trained"] < 4).all()
     assert df["val_acc"].is_monotonic_decreasing
     assert (df["params"] > 0).all() and (df["img_per_s"] > 0).all()
-    # the starting point ran under its name
-    assert "too-slow" in set(df["point"])
-    # the reader polled the leaderboard during the search and always parsed it
-    assert len(reads) > 5
+    assert "too-slow" in set(df["point"])  # the starting point ran under its name
+    # a reader polled the leaderboard during the search and always parsed it
+    assert len(finished_study.reads) > 5
 
 
-def test_study_folder_holds_the_promised_files(study):
-    _, folder, proc, _ = study
-    for name in ("leaderboard.csv", "best.json", "best.pt", "space.py", "study.json", "ray.log",
-                 "study.db"):
+def test_study_folder_holds_the_promised_files(finished_study):
+    folder, run = finished_study.folder, finished_study.run
+    for name in ("leaderboard.csv", "epochs.csv", "configs.json", "best.json", "best.pt",
+                 "space.py", "study.json", "ray.log", "study.db"):
         assert (folder / name).is_file(), name
     assert (folder / "space.py").read_text() == TINY.read_text()
     # Ray's own chatter goes to the log file, not the terminal
     assert "Started a local Ray instance" in (folder / "ray.log").read_text()
-    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert "Started a local Ray instance" not in run.stdout + run.stderr
+    # no temporary outlives the run that made it
+    assert not list(folder.glob(".*.tmp"))
 
 
-def test_search_writes_one_plain_line_per_trial_event_when_not_a_terminal(study):
-    _, folder, proc, _ = study
-    df = pd.read_csv(folder / "leaderboard.csv", dtype={"trial_id": str})
-    assert "\x1b" not in proc.stdout and "\r" not in proc.stdout  # a log, not a redrawn view
-    for trial_id, status in zip(df.trial_id, df.status):
-        assert re.search(rf"^trial {trial_id}( \(too-slow\))? started: 3 epochs$", proc.stdout,
-                         re.M)
-        assert re.search(rf"^trial {trial_id}( \(too-slow\))? {status} after ", proc.stdout,
-                         re.M)
-    assert re.search(r"^trial \w+( \(too-slow\))? epoch 1/3: val_acc \d\.\d{4}, best ",
-                     proc.stdout, re.M)
-    assert re.search(r"^hpo tiny  8/8 finished · 0 running .* time left ≈ 0s \(estimate",
-                     proc.stdout, re.M)
-
-
-def test_search_says_where_its_time_went(study):
-    _, folder, proc, _ = study
-    spent = json.loads((folder / "study.json").read_text())["time"]
-    assert spent["train_s"] > 0 and spent["eval_s"] > 0 and spent["ray_start_s"] > 0
-    assert 0 <= spent["idle_s"] <= spent["search_s"]
-    assert spent["trial_other_s"] >= 0
-    # the trials' own epochs account for part of their lives seen from the driver, not more
+def test_the_record_and_its_views_agree_row_for_row(finished_study):
+    folder = finished_study.folder
+    record = Record.load(f"sqlite:///{folder / 'study.db'}", "tiny")
+    board = pd.read_csv(folder / "leaderboard.csv").set_index("trial_id")
+    assert sorted(board.index) == [t.number for t in record.real()]
     epochs = pd.read_csv(folder / "epochs.csv")
-    assert spent["train_s"] + spent["eval_s"] == pytest.approx(
-        (epochs.t_end - epochs.t_start).sum(), rel=0.01)
-    assert "time: data" in proc.stdout and "trial-seconds" in proc.stdout
-
-
-def test_exported_best_config_reproduces_a_trial(study, tiny_parquet):
-    cwd, folder, _, _ = study
-    out = hpo("export", folder, "--rank", "1", "-o", "best.json", cwd=cwd)
-    assert out.returncode == 0, out.stderr
-    config = json.loads((cwd / "best.json").read_text())
-    assert config == json.loads((folder / "best.json").read_text())
-    config["epochs"] = 1
-    final = run_trial(config, load_dataset(tiny_parquet), lambda *a, **k: None)
-    assert final["status"] == "completed"
-
-
-def test_optuna_study_marks_stopped_trials_pruned(study):
-    _, folder, _, _ = study
-    df = pd.read_csv(folder / "leaderboard.csv")
+    for t in record.real():
+        assert board.loc[t.number, "status"] == t.status
+        mine = epochs[epochs.trial_id == t.number]
+        assert list(mine.epoch) == [e["epoch"] for e in t.epochs]
+        assert list(mine.val_acc) == pytest.approx([e["val_acc"] for e in t.epochs])
     stored = stored_study(folder)
     states = [t.state.name for t in stored.trials]
-    assert states.count("PRUNED") == (df["status"] == "stopped").sum()
-    assert states.count("COMPLETE") == (df["status"] == "completed").sum()
+    assert states.count("PRUNED") == (board["status"] == "stopped").sum()
+    assert states.count("COMPLETE") == (board["status"] == "completed").sum()
     # every epoch a trial trained is an intermediate value TPE can use
-    trained = sorted(df["epochs_trained"])
-    assert sorted(len(t.intermediate_values) for t in stored.trials) == trained
+    assert sorted(len(t.intermediate_values) for t in stored.trials) == sorted(
+        board["epochs_trained"])
 
 
-def test_leaderboard_command_prints_the_top_rows(study):
-    cwd, folder, _, _ = study
-    out = hpo("leaderboard", folder, "--top", "3", cwd=cwd)
-    assert out.returncode == 0 and "val_acc" in out.stdout and "completed" in out.stdout
+def test_search_writes_one_plain_line_per_trial_event_when_not_a_terminal(finished_study):
+    out = finished_study.run.stdout
+    df = pd.read_csv(finished_study.folder / "leaderboard.csv", dtype={"trial_id": str})
+    assert "\x1b" not in out and "\r" not in out  # a log, not a redrawn view
+    for trial_id, status in zip(df.trial_id, df.status):
+        assert re.search(rf"^trial {trial_id}( \(too-slow\))? started: 4 epochs$", out, re.M)
+        assert re.search(rf"^trial {trial_id}( \(too-slow\))? {status} after ", out, re.M)
+    assert re.search(r"^trial \w+( \(too-slow\))? epoch 1/4: val_acc \d\.\d{4}, best ", out,
+                     re.M)
+    assert re.search(r"^hpo tiny  6/6 finished · 0 running .* time left ≈ 0s \(estimate", out,
+                     re.M)
 
 
-def test_final_retrain_tests_the_best_config_and_a_starting_point(study):
-    cwd, folder, _, _ = study
-    for extra in ([], ["--point", "too-slow"]):
-        out = hpo("train", folder, "--seeds", "2", *extra, cwd=cwd)
-        assert out.returncode == 0, out.stderr[-2000:]
-    results = json.loads((folder / "final/results.json").read_text())
-    assert results["seeds"] == [0, 1] and len(results["test_acc"]) == 2
-    assert 0 <= results["mean"] <= 1 and results["runs"][0]["status"] == "completed"
-    point = results["starting_points"]["too-slow"]
-    # a starting point retrains under the study's budget (--max-epochs 3), as the best does
-    assert point["config"]["epochs"] == results["config"]["epochs"] == 3
-    assert (folder / "final/best-seed1.pt").is_file()
-    # the same data the study searched, trained on train + validation
-    assert results["data_fingerprint"] == json.loads((folder / "study.json").read_text())[
-        "fingerprint"]
-    assert results["train_fingerprint"] != results["data_fingerprint"]
+def test_search_says_where_its_time_went(finished_study):
+    spent = json.loads((finished_study.folder / "study.json").read_text())["time"]
+    assert spent["train_s"] > 0 and spent["eval_s"] > 0 and spent["ray_start_s"] > 0
+    assert 0 <= spent["idle_s"] <= spent["search_s"] and spent["trial_other_s"] >= 0
+    # the trials' own epochs account for part of their lives seen from the driver, not more
+    epochs = pd.read_csv(finished_study.folder / "epochs.csv")
+    assert spent["train_s"] + spent["eval_s"] == pytest.approx(
+        (epochs.t_end - epochs.t_start).sum(), rel=0.01)
+    assert "time: data" in finished_study.run.stdout
 
 
-def test_report_command_writes_the_html_report(study):
-    cwd, folder, _, _ = study
-    out = hpo("report", folder, cwd=cwd)
-    assert out.returncode == 0, out.stderr[-2000:]
-    html = (folder / "report.html").read_text()
-    assert html.count("<img") >= 4 and "Learning curves" in html
-
-
-def test_best_weights_load_safely_into_the_best_config(study, tiny_parquet):
+def test_the_best_config_and_weights_reproduce_a_trial(finished_study, tiny_parquet, tmp_path):
     import torch
 
     from hpo.model import build_model
 
-    _, folder, _, _ = study
-    config = json.loads((folder / "best.json").read_text())
+    out = hpo_command("export", finished_study.folder, "-o", tmp_path / "best.json",
+                      cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "best.json").read_text())
+    assert config == json.loads((finished_study.folder / "best.json").read_text())
     data = load_dataset(tiny_parquet)
     model = build_model(config, data.image_shape, data.num_classes)
     # weights_only: a checkpoint is data, never code to run
-    model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+    model.load_state_dict(torch.load(finished_study.folder / "best.pt", weights_only=True))
+    final = run_trial({**config, "epochs": 1}, data, lambda *a, **k: None)
+    assert final["status"] == "completed"
+
+
+def test_a_run_continues_the_record_and_rebuilds_what_was_lost(tmp_path, tiny_parquet):
+    results = tmp_path / "results"
+    folder = search(TINY, results, tiny_parquet, trials=4)
+    record = Record.load(f"sqlite:///{folder / 'study.db'}", "tiny")
+    first = {t.number: t.epochs for t in record.real()}
+    assert len(first) == 4 and all(t.status.ended for t in record.real())
+    # the views lost between runs, the study extended: only the new trials train, and every
+    # view comes back from the record
+    for view in ("leaderboard.csv", "epochs.csv", "configs.json", "study.json"):
+        (folder / view).unlink()
+    search(TINY, results, tiny_parquet, trials=6)
+    record = Record.load(f"sqlite:///{folder / 'study.db'}", "tiny")
+    assert len(record.real()) == 6
+    assert {n: t.epochs for n, t in record.trials.items() if n in first} == first
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert len(board) == 6 and len(pd.read_csv(folder / "epochs.csv")) == sum(
+        t.epochs_trained for t in record.real())
+    meta = json.loads((folder / "study.json").read_text())
+    assert meta["trials"] == 6 and len(meta["runs"]) == 2
+    # run again without --trials: it keeps the study's 6, and says it is complete
+    search(TINY, results, tiny_parquet)
+    assert len(json.loads((folder / "study.json").read_text())["runs"]) == 2
 
 
 def test_two_objectives_mark_the_pareto_front(tiny_parquet, tmp_path):
-    space = ROOT / "tests/spaces/two_objectives.py"
-    out = hpo("search", space, "--data", tiny_parquet, "--num-cpus", 2, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    folder = tmp_path / "results/two_objectives"
+    def sized(config, **kwargs):  # smaller nets score lower: a real trade-off
+        from ray import tune
+
+        for epoch in (1, 2):
+            tune.report({"epoch": epoch, "epochs": 2, "val_acc": config["width"] / 16 * epoch / 2
+                         + config["lr"], "params": config["width"] * 100,
+                         "status": "completed" if epoch == 2 else "running"})
+
+    folder = search(ROOT / "tests/spaces/two_objectives.py", tmp_path / "results",
+                    tiny_parquet, trainable=sized, max_epochs=2)
     df = pd.read_csv(folder / "leaderboard.csv")
     front = df[df.pareto]
     assert len(df) == 8 and len(front) >= 1
@@ -189,7 +149,6 @@ def test_two_objectives_mark_the_pareto_front(tiny_parquet, tmp_path):
     stored = stored_study(folder)
     assert [d.name for d in stored.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert stored.best_trials
-    assert [t.state.name for t in stored.trials].count("PRUNED") == (df.status == "stopped").sum()
 
 
 def test_trial_resources_follow_the_cluster():
@@ -197,7 +156,7 @@ def test_trial_resources_follow_the_cluster():
 
     from rich.console import Console
 
-    from hpo.tuning import SearchOptions
+    from hpo.options import SearchOptions
     from hpo.tuning.placement import trial_resources
 
     quiet = Console(file=StringIO())
@@ -209,3 +168,31 @@ def test_trial_resources_follow_the_cluster():
     # an autoscaling cluster with no GPU node up yet still gets GPU requests when asked
     resources, _ = trial_resources(SearchOptions(gpus_per_trial=0.5), {"CPU": 0}, quiet)
     assert resources == {"cpu": 1.0, "gpu": 0.5}
+
+
+@pytest.mark.e2e
+def test_the_final_retrain_tests_the_best_config_and_a_starting_point(finished_study, tmp_path):
+    out_dir = tmp_path / "final"  # not the study's own final/: the study stays as it ran
+    for extra in ([], ["--point", "too-slow"]):
+        out = hpo_command("train", finished_study.folder, "--seeds", 2, "--out", out_dir,
+                          *extra, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and len(results["test_acc"]) == 2
+    assert 0 <= results["mean"] <= 1 and results["runs"][0]["status"] == "completed"
+    point = results["starting_points"]["too-slow"]
+    # a starting point retrains under the study's budget, as the best does
+    assert point["config"]["epochs"] == results["config"]["epochs"] == 4
+    assert (out_dir / "best-seed1.pt").is_file()
+    # the same data the study searched, trained on train + validation
+    assert results["data_fingerprint"] == json.loads(
+        (finished_study.folder / "study.json").read_text())["fingerprint"]
+    assert results["train_fingerprint"] != results["data_fingerprint"]
+    assert not (finished_study.folder / "final").exists()
+
+
+def test_a_study_runs_from_a_folder_and_is_read_from_another(tmp_path, tiny_parquet,
+                                                             finished_study):
+    # the study recorded its data's absolute path: hpo train works from anywhere
+    meta = json.loads((finished_study.folder / "study.json").read_text())
+    assert Path(meta["data"]).is_absolute() and Path(meta["space"]).is_absolute()

@@ -14,13 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.packing import predict_bytes
+from hpo.record import CONSTRAINT, Record, make_sampler
 from hpo.space import choice, load_space
-from hpo.tuning.searcher import (
-    CONSTRAINT,
-    Record,
-    StudySearcher,
-    open_study,
-)
+from hpo.tuning.searcher import StudySearcher
 
 ROOT = Path(__file__).parents[1]
 CIFAR = load_space(ROOT / "spaces/cifar10.py")
@@ -34,9 +30,10 @@ def builds(config):
 
 
 def searcher_for(space, budget: int, seed: int = 0, check=builds) -> StudySearcher:
-    storage = optuna.storages.InMemoryStorage()
-    study = open_study(space, "test", storage, seed)
-    return StudySearcher(space, study, storage, Record.read(study), budget, check)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=make_sampler(
+        space.sampler, seed, space.startup_trials), direction="maximize")
+    return StudySearcher(space, Record(study, "memory"), budget, check)
 
 
 def complete(searcher: StudySearcher, trial_id: str, value: float = 0.5, epochs: int = 1,
@@ -45,7 +42,7 @@ def complete(searcher: StudySearcher, trial_id: str, value: float = 0.5, epochs:
                                           "status": "completed", **result})
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # 90 draws of a TPE, twice: half a minute
 def test_rejected_draws_teach_tpe_to_stay_out_of_what_cannot_be_built():
     # about a third of the cifar10 space's random draws cannot be built at 32x32 (valid 5x5
     # convs and too many pools); every feasible trial scores alike, so only the rejections
@@ -73,9 +70,9 @@ def test_a_space_of_nothing_buildable_stops_naming_the_dimensions():
                             check=lambda c: predict_bytes(c, (3, 12, 12), 10))
     assert searcher.suggest("0") == "FINISHED"
     assert searcher.rejected == 200
-    assert "200 draws in a row could not be built" in searcher.error
-    assert "padding" in searcher.error and "kernel" in searcher.error
-    states = {t.state for t in searcher.study.get_trials()}
+    assert "200 draws in a row could not be built" in searcher.infeasible
+    assert "padding" in searcher.infeasible and "kernel" in searcher.infeasible
+    states = {t.state for t in searcher.record.study.get_trials()}
     assert states == {TrialState.PRUNED}
 
 
@@ -91,7 +88,7 @@ def test_a_repeated_config_is_not_run_again_and_reuses_the_result():
     complete(searcher, "a", 0.7)
     complete(searcher, "b", 0.4)
     assert searcher.suggest("c") == "FINISHED" and searcher.exhausted
-    dupes = [t for t in searcher.study.get_trials() if t.user_attrs.get("hpo_kind") ==
+    dupes = [t for t in searcher.record.study.get_trials() if t.user_attrs.get("hpo_kind") ==
              "duplicate"]
     assert len(dupes) == searcher.duplicates == 100
     by_original = {a["trial"]: 0.7, b["trial"]: 0.4}
@@ -114,7 +111,7 @@ def test_every_outcome_is_told_as_it_was():
     searcher.on_trial_complete("4", None, error=True)  # crashed after its retries
     searcher.stop("Ctrl-C")
     searcher.on_trial_complete("5", None, error=True)  # killed by the stop: continued later
-    trials = searcher.study.get_trials()
+    trials = searcher.record.study.get_trials()
     told = [(t.state, t.user_attrs.get("hpo_status"), t.constraints.get(CONSTRAINT, 0) > 0)
             for t in trials]
     assert told == [(TrialState.COMPLETE, "completed", False),
@@ -122,11 +119,11 @@ def test_every_outcome_is_told_as_it_was():
                     (TrialState.PRUNED, "diverged", True),
                     (TrialState.PRUNED, "oom", True),
                     (TrialState.FAIL, "failed", False),
-                    (TrialState.RUNNING, None, False)]  # interrupted: continued next run
+                    (TrialState.RUNNING, "running", False)]  # continued in the next run
     assert trials[0].value == 0.6 and trials[0].intermediate_values == {1: 0.3, 2: 0.6,
                                                                        3: 0.5, 4: 0.5}
     assert trials[2].user_attrs["hpo_reason"] == "loss became nan"
     # the record a next run reads: one trial to continue, with its config
-    record = Record.read(searcher.study)
-    assert [r.number for r in record.resumed] == [trials[5].number]
-    assert record.resumed[0].config == trials[5].user_attrs["hpo_config"]
+    record = Record(searcher.record.study, "memory")
+    assert [r.number for r in record.unfinished()] == [trials[5].number]
+    assert record.unfinished()[0].config == trials[5].user_attrs["hpo_config"]

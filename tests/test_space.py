@@ -64,8 +64,8 @@ dimensions = {"lr": choice([0.1]), "dropout_1": uniform(0.0, 0.5)}
 
 
 @pytest.mark.parametrize("text, message", [
-    (GOOD.replace("uniform(0.0, 0.5)", "uniform(0.0, 1.5)"), "dropout_1 must be in [0.0, 0.6]"),
-    (GOOD.replace("choice([0.1])", "choice([-0.1])"), "lr must be in (0.0, 10.0]"),
+    (GOOD.replace("uniform(0.0, 0.5)", "uniform(0.0, 1.5)"), "dropout_1 must be in [0, 0.6]"),
+    (GOOD.replace("choice([0.1])", "choice([-0.1])"), "lr must be in (0, 10]"),
     (GOOD + 'dimensions["optimizer"] = "adamz"\n', "optimizer must be one of"),
     (GOOD.replace("trials = 2", ""), "missing required name(s): trials"),
     (GOOD + "1 / 0\n", "could not import: ZeroDivisionError"),

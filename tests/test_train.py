@@ -68,7 +68,7 @@ def test_non_finite_loss_ends_the_trial_as_diverged(monkeypatch):
         calls.append(1)
         return x * float("nan") if len(calls) > 4 else x
 
-    monkeypatch.setattr("hpo.train.augment", poisoned)
+    monkeypatch.setattr("hpo.device.augment", poisoned)
     config = complete(dict(stages=1, width=8, epochs=5, batch_size=8))
     rows = []
     final = run_trial(config, dataset(n=32), lambda m, *a, **k: rows.append(m))
