@@ -1,11 +1,12 @@
 """Chaos: one study, run by the same command again and again while SIGKILL takes, at random
 moments, either the driver with every process it started (its session, as a lost machine) or
 only the worker process of a running trial. The driver is started again after each kill of
-it; a worker's kill it must survive, retrying the trial from its checkpoint. The first kills
-come in the first seconds of the brand-new study, while Ray starts and before study.json
-exists. Then the same command runs to the end, and the study must be whole: every trial ended
-once, none trained twice, no epoch lost or repeated, the Optuna record and the views (the
-leaderboard, epochs.csv) agreeing row for row, no temporary file left behind.
+it; a worker's kill it must survive, retrying the trial from its checkpoint. The first three
+kills take the driver 1-10 s after its start, in the first seconds of the brand-new study:
+while it loads the data and Ray starts, before study.json exists (the log says which kills
+came before it). Then the same command runs to the end, and the study must be whole: every
+trial ended once, none trained twice, no epoch lost or repeated, the Optuna record and the
+views (the leaderboard, epochs.csv) agreeing row for row, no temporary file left behind.
 
 The kill schedule comes from a seeded RNG: HPO_CHAOS_SEED=N replays a schedule (timings on a
 loaded machine still differ). Each kill's time, victim and effect is in the log that a failure
@@ -43,7 +44,7 @@ from recordcheck import (
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
-TRIALS = 24  # more than the runs between the kills can finish
+TRIALS = 32  # more than the runs between the kills can finish, on an idle machine too
 KILLS = 12  # in all, driver and worker kills
 EARLY = 3  # of them first: the driver's, 1-10 s after each of the first starts
 MAX_RUNS = 40  # starts of the command, at most: a search that never ends fails, not hangs
