@@ -26,6 +26,15 @@ def trial_handle(study: optuna.Study, number: int) -> optuna.trial.Trial:
     return optuna.trial.Trial(study, trial_id)
 
 
+def close(study: optuna.Study) -> None:
+    """Close the database connections `study`'s storage holds (Optuna keeps a pool open for
+    the life of the process; a database may be about to go away)."""
+    storage = study._storage
+    if hasattr(storage, "engine"):
+        storage.remove_session()
+        storage.engine.dispose()
+
+
 # -- Ray Tune ---------------------------------------------------------------------------------
 def quiet_tune() -> None:
     """Keep Tune's own output and signal handling out of the driver: Tune's older output

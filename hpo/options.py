@@ -307,7 +307,8 @@ def describe(cls) -> list[dict[str, str]]:
         rows.append({"option": name if o.positional else flag(name),
                      "values": o.allowed.describe() if o.allowed else
                      "flag" if isinstance(f.default, bool) else (o.metavar or "text"),
-                     "default": "" if default in (None, (), False) else str(default),
+                     "default": "" if default is None or default is False or default == ()
+                     else str(default),
                      "on a resume": {IDENTITY: "must match", STICKY: "kept unless given",
                                      RUN: "this run only"}[o.resume],
                      "help": o.help})

@@ -79,9 +79,8 @@ def check_storage(url: str) -> None:
                          "sqlite)") from None
     except ImportError as exc:
         module = getattr(exc, "name", None) or str(exc)
-        hint = (" (postgresql:// means psycopg2; for psycopg 3 write postgresql+psycopg:// "
-                "and pip install 'psycopg[binary]')" if parsed.drivername == "postgresql"
-                else "")
+        hint = (" (or write postgresql+psycopg:// and pip install 'psycopg[binary]')"
+                if parsed.get_backend_name() == "postgresql" and module != "psycopg" else "")
         raise StudyError(f"{where}: its Python driver {module} is not installed{hint}"
                          ) from None
     try:

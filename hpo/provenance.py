@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timezone
+from importlib import metadata
 
 
 def now() -> str:
@@ -13,17 +14,11 @@ def now() -> str:
 
 
 def versions() -> dict[str, str]:
-    """Versions of what shapes a result."""
-    import optuna
-    import pandas
-    import torch
-
-    out = {"python": sys.version.split()[0], "torch": torch.__version__,
-           "optuna": optuna.__version__, "pandas": pandas.__version__}
-    try:
-        import ray
-
-        out["ray"] = ray.__version__
-    except ImportError:
-        pass
+    """Versions of what shapes a result, as installed (none of them imported)."""
+    out = {"python": sys.version.split()[0]}
+    for package in ("torch", "optuna", "pandas", "ray"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     return out

@@ -230,6 +230,10 @@ class Record:
                              f"({_first_line(exc)})") from None
         return cls(study, url)
 
+    def close(self) -> None:
+        """Close the connections to the storage (it reconnects when used again)."""
+        compat.close(self.study)
+
     def reload(self) -> None:
         """Read the whole record again (the views are rebuilt from what this finds)."""
         frozen = self._retry(lambda: self.study.get_trials(deepcopy=False))

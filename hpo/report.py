@@ -435,7 +435,7 @@ def _final(ctx) -> str:
             **{f"starting point {name}": r
                for name, r in (res.get("starting_points") or {}).items()}}
     rows = [{"config": name, "test_acc mean": r.get("mean"), "test_acc std": r.get("std"),
-             "per seed": ", ".join(fmt.metric(v) if math.isfinite(v) else "failed"
+             "per seed": ", ".join(fmt.metric(v) if math.isfinite(v) else Status.FAILED.value
                                    for v in map(float, r.get("test_acc", [])))}
             for name, r in runs.items()]
     seeds = ", ".join(map(str, res.get("seeds", [])))

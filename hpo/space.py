@@ -126,14 +126,15 @@ class Space:
     grace_period: int
     reduction_factor: float
     dimensions: dict[str, Any]  # as the file declares them: name -> Dimension or a constant
-    starting_points: dict[str, dict] = field(default_factory=dict)
-    data: str | None = None
-    image_size: int | None = None
-    channels: int | None = None
-    val_fraction: float = 0.1
-    concurrency: int | None = None
-    sampler: str = "tpe"  # how Optuna proposes configs: one of hpo.registry.SAMPLERS
-    startup_trials: int = 10  # trials drawn at random before the sampler models anything
+    starting_points: dict[str, dict]
+    # the rest of SETTINGS (their meanings and defaults are there)
+    data: str | None
+    image_size: int | None
+    channels: int | None
+    val_fraction: float
+    concurrency: int | None
+    sampler: str
+    startup_trials: int
 
     @property
     def metric(self) -> str:

@@ -3,9 +3,10 @@ opened and its views rebuilt, its data decoded, then searched (hpo.tuning) and, 
 its best retrained. Also: the space and the data a finished study searched, for the commands
 that read it afterwards.
 
-The order is what makes a kill at any instant harmless: the study's identity goes into its
-record before anything slow (decoding, Ray) starts, and a folder holding nothing but what a
-killed start leaves behind is taken over by the same command.
+The order is what makes a kill at any instant harmless: a new study's folder holds nothing but
+its lock until its data is decoded, then its identity goes into its record before Ray starts;
+a folder holding nothing but what a killed start leaves behind is taken over by the same
+command.
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ def run_study(space: str | os.PathLike, options: SearchOptions, console=None,
         raise StudyError(f"{folder.path}: cannot write the study here ({exc.strerror})"
                          ) from None
     try:
-        record = begin(plan, console)
+        # the data first: a folder holding only the lock, should this be killed, is taken
+        # over by the same command, and data hpo cannot read leaves no study behind
         t0 = time.time()
         data = load_dataset(o.data, val_fraction=s.val_fraction, seed=o.split_seed,
                             fraction=o.fraction, image_size=s.image_size, channels=s.channels)
-        check_content(plan, record, data.content)
         data_s = time.time() - t0
+        check_content(plan, data.content)
+        record = begin(plan, console, data.content)
         if not complete(plan, record, console):
             with output_to(folder.ray_log, console, o.verbose) as shown:
                 # torch and Ray, only now; what they print as they load goes to ray.log too
@@ -72,10 +75,9 @@ def run_study(space: str | os.PathLike, options: SearchOptions, console=None,
     return folder.path
 
 
-def begin(plan: Plan, console=None):
-    """The study's record, made whole before anything slow starts (a new study's identity,
-    its data not decoded yet, goes in last: its presence is what marks a study born) or
-    opened; half-made draws settled; every view rebuilt from it. The caller holds the lock."""
+def begin(plan: Plan, console=None, content: str | None = None):
+    """The study's record, made whole before Ray starts (a new study's identity, with its
+    images' `content` hash, goes in last: its presence is what marks a study born) or opened; half-made draws settled; every view rebuilt from it. The caller holds the lock."""
     from hpo import record as r
     from hpo import views
 
@@ -92,7 +94,9 @@ def begin(plan: Plan, console=None):
         record.set_meta(r.SPACE, {"path": str(Path(space.path).resolve()),
                                   "source": space.source,
                                   "objectives": [list(x) for x in space.objectives]})
-        record.set_meta(r.IDENTITY, plan.identity(None))
+        record.set_meta(r.IDENTITY, plan.identity(content))
+    elif record.meta[r.IDENTITY].get("data") is None and content is not None:
+        record.set_meta(r.IDENTITY, {**record.meta[r.IDENTITY], "data": content})
     if record.meta.get(r.TRIALS) != space.trials:
         record.set_meta(r.TRIALS, space.trials)
     if record.meta.get(r.DATA) != o.data:
@@ -105,15 +109,11 @@ def begin(plan: Plan, console=None):
     return record
 
 
-def check_content(plan: Plan, record, content: str) -> None:
-    """The decoded images' content hash goes into a new study's identity; a resumed one's
-    must match it."""
-    from hpo.record import IDENTITY
-
-    identity = record.meta[IDENTITY]
-    if identity.get("data") is None:
-        record.set_meta(IDENTITY, {**identity, "data": content})
-    else:
+def check_content(plan: Plan, content: str) -> None:
+    """Raise StudyError when a resumed study's recorded images differ from those decoded
+    (their `content` hash), before anything of the study is touched."""
+    identity = plan.recorded.get("hpo_identity") or {}
+    if identity.get("data") is not None:
         compare(plan, identity, {"data": content})
 
 

@@ -139,9 +139,10 @@ ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
 
 
-def begun(results: Path, data: Path, space: Path = TINY, **options):
+def begun(results: Path, data: Path, space: Path = TINY, content: str = "c0ffee", **options):
     """A study of `space` born in `results` as `hpo search` begins one (planned, its record
-    made and its views written), with no trial run: (the Plan, its Record)."""
+    made and its views written; its images' hash `content`), with no trial run: (the Plan,
+    its Record)."""
     from hpo.lock import StudyLock
     from hpo.options import SearchOptions
     from hpo.plan import plan_search
@@ -149,7 +150,7 @@ def begun(results: Path, data: Path, space: Path = TINY, **options):
 
     plan = plan_search(space, SearchOptions(data=str(data), results=str(results), **options))
     with StudyLock(plan.folder.path):
-        return plan, begin(plan)
+        return plan, begin(plan, content=content)
 
 
 def add_trial(record, config: dict, values: list[float], *, epochs: int | None = None,

@@ -1,11 +1,9 @@
 """A study's Optuna record as the tests read it, and the views checked against it.
 
 `read_record` is the only place in the tests that reads the record's user attributes: when
-hpo changes how it stores a trial in Optuna, adapt it here and nowhere else. Today's schema
-(hpo/tuning/searcher.py): `hpo_kind` ("trial" for a trial that ran or runs; "rejected" and
-"duplicate" for draws that never became trials), `hpo_config`, `hpo_status` (the
-leaderboard's status once the trial ended), `hpo_reason`, `hpo_checkpoint`; per-epoch values
-are Optuna's intermediate values, the value of a COMPLETE trial its `values[0]`.
+hpo changes how it stores a trial in Optuna, adapt it here and nowhere else. It reads through
+hpo.record (whose docstring is the schema): each trial's kind, config, status and per-epoch
+reports; the value of a COMPLETE trial is Optuna's `values[0]`.
 
     record = read_record(folder)                     # results/<study>/study.db
     record = read_record(folder, storage=url)        # the --storage the study used
@@ -38,36 +36,33 @@ def read_record(folder: Path, storage: str | None = None) -> list[dict[str, Any]
         config   the complete config it trained (None for a draw that never became one)
     `storage` is the Optuna storage URL; None reads results/<study>/study.db, which must
     exist (Optuna would create an empty one)."""
-    import optuna
+    from hpo.record import TRIAL, Record
 
     if storage is None:
         db = Path(folder) / "study.db"
         if not db.is_file():
             raise FileNotFoundError(f"{db}: no Optuna record here")
         storage = f"sqlite:///{db.resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rdb = optuna.storages.RDBStorage(storage)
+    record = Record.load(storage, Path(folder).name)
     try:
-        study = optuna.load_study(study_name=Path(folder).name, storage=rdb)
-        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        maximise = record.study.direction.name == "MAXIMIZE"
         trials = []
-        for t in study.get_trials(deepcopy=False):
-            attrs = t.user_attrs
-            real = attrs.get("hpo_kind") == "trial" and "hpo_config" in attrs
-            epochs = {int(e): float(v) for e, v in t.intermediate_values.items()}
+        for t in record.trials.values():
+            real = t.kind == TRIAL and bool(t.config)
+            epochs = {int(e["epoch"]): float(e[METRIC]) for e in t.epochs
+                      if e.get(METRIC) is not None}
             finite = [v for v in epochs.values() if math.isfinite(v)]
             if t.state.name == "COMPLETE" and t.values:
                 value = float(t.values[0])
             else:
-                value = max(finite, key=lambda v: sign * v) if finite else None
-            status = "running" if t.state.name == "RUNNING" else attrs.get("hpo_status")
+                value = (max(finite) if maximise else min(finite)) if finite else None
+            status = "running" if t.state.name == "RUNNING" else (t.status and str(t.status))
             trials.append({"number": t.number, "real": real, "state": t.state.name,
                            "status": status, "epochs": epochs, "value": value,
-                           "config": attrs.get("hpo_config")})
+                           "config": t.config or None})
         return sorted(trials, key=lambda t: t["number"])
     finally:
-        rdb.remove_session()
-        rdb.engine.dispose()
+        record.close()  # a test may stop the database server next
 
 
 def read_views(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -50,7 +50,7 @@ EARLY = 3  # of them first: the driver's, 1-10 s after each of the first starts
 MAX_RUNS = 40  # starts of the command, at most: a search that never ends fails, not hangs
 UNFINISHED = {"running", "interrupted"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+pytestmark = pytest.mark.chaos
 
 
 @dataclass

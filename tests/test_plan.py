@@ -26,8 +26,7 @@ def files(folder: Path) -> dict[str, str]:
 def recorded(tmp_path, tiny_parquet):
     """A study of tests/spaces/tiny.py with its settings recorded and one trial run."""
     plan, record = begun(tmp_path / "results", tiny_parquet, fraction=0.5, split_seed=3,
-                         seed=7, max_epochs=3)
-    check_content(plan, record, "c0ffee")
+                         seed=7, max_epochs=3, content="c0ffee")
     add_trial(record, {"lr": 0.1}, [0.5, 0.6, 0.7])
     return plan
 
@@ -61,13 +60,10 @@ def test_a_resume_that_differs_names_the_setting_and_both_values(recorded, given
 
 
 def test_other_images_or_another_space_are_refused(recorded, tmp_path):
-    from hpo.record import Record
-
     plan = again(recorded)
-    record = Record.load(plan.url, plan.folder.name)
-    check_content(plan, record, "c0ffee")
+    check_content(plan, "c0ffee")
     with pytest.raises(StudyError, match="the images themselves.*content c0ffee, given beef"):
-        check_content(plan, record, "beef")
+        check_content(plan, "beef")
     other = tmp_path / "tiny.py"
     other.write_text(TINY.read_text() + "\n# edited\n")
     with pytest.raises(StudyError, match="the space file differs"):

@@ -33,7 +33,7 @@ ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
 OUTAGE_S = 20  # how long the server is down mid-search
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")

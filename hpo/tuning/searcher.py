@@ -173,7 +173,7 @@ class StudySearcher(DriverOnly, Searcher):
     def _reject(self, number: int, exc: Infeasible) -> None:
         self.rejected += 1
         self._in_a_row += 1
-        self._rejected_keys.update(k for k in exc.keys if k in self.space.searched())
+        self._rejected_keys.update(k for k in exc.keys if k in self.space.dimensions)
         self.record.reject(number, exc)
         if self._in_a_row >= MAX_REJECTED_IN_A_ROW:
             keys = [k for k, _ in self._rejected_keys.most_common(4)] or ["(none named)"]
