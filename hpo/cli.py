@@ -125,14 +125,28 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Write the complete config of the trial at --rank, which `hpo train` and run_trial take."""
+    """Write the complete config of the trial at --rank, which `hpo train` and run_trial take;
+    with --model, the best (or --final retrained) model with its preprocessing, runnable
+    without hpo (.onnx for onnxruntime, .pt2 for torch.export)."""
     import json
 
     from hpo.files import write_json
     from hpo.leaderboard import config_at_rank
 
+    if args.model and args.rank != 1:
+        raise ValueError("--model: only the best trial's weights are kept (best.pt); drop --rank")
+    if not args.model and (args.final or args.seed is not None or args.data or args.fraction):
+        raise ValueError("--final, --seed, --data and --fraction go with --model")
+    if args.model:
+        from hpo.export import export_model
+
+        out = export_model(args.study, args.model, final=args.final, seed=args.seed,
+                           data=args.data, fraction=args.fraction)
+        _console().print(f"model → {out}")
+    if args.model and args.output is None:
+        return 0
     config = config_at_rank(args.study, args.rank)
-    if args.output == "-":
+    if args.output in (None, "-"):
         print(json.dumps(config, indent=2))
     else:
         write_json(Path(args.output), config)
@@ -300,7 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="a study folder, results/<study>")
     p.add_argument("--rank", type=POSITIVE, default=1,
                    help="leaderboard rank (default 1, the best)")
-    p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    p.add_argument("-o", "--output", help="file to write the config to (default: stdout, "
+                   "unless --model)")
+    p.add_argument("--model", metavar="FILE", help="write the model here instead: FILE.onnx "
+                   "(onnxruntime) or FILE.pt2 (torch.export), uint8 images in, probabilities out")
+    p.add_argument("--final", action="store_true",
+                   help="with --model: the retrained model of final/ (hpo train), not best.pt")
+    p.add_argument("--seed", type=int, help="with --final: the retrain of this seed "
+                   "(default: the first)")
+    p.add_argument("--data", help="with --model: where the study's images are, when moved")
+    p.add_argument("--fraction", type=FRACTION, help="with --final: the --fraction hpo train "
+                   "had, when not the study's")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help=cmd_report.__doc__)
