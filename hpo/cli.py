@@ -154,6 +154,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Classify image files and folders (recursively) with a model hpo export wrote (.onnx):
+    a line per image on stdout, a summary on stderr."""
+    from hpo.predict import print_predictions
+
+    return print_predictions(args.model, args.paths, top=args.top, as_csv=args.csv,
+                             batch=args.batch_size, cpu=args.cpu)
+
+
 def cmd_show(args) -> int:
     """Print a space file's dimensions and its starting points with their sizes."""
     from hpo.space import load_space
@@ -326,6 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=FRACTION, help="with --final: the --fraction hpo train "
                    "had, when not the study's")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__)
+    p.add_argument("model", help="a model hpo export --model wrote, FILE.onnx")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    p.add_argument("--top", type=POSITIVE, default=1, help="classes per image (default 1)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout: file, class, "
+                   "probability (then class_2, probability_2, ... with --top)")
+    p.add_argument("--batch-size", type=POSITIVE, default=64,
+                   help="images per onnxruntime run (default 64)")
+    p.add_argument("--cpu", action="store_true",
+                   help="run on the CPU even where onnxruntime has CUDA")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("report", help=cmd_report.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
