@@ -167,8 +167,8 @@ def describe(classifier: ImageClassifier, classes: tuple[str, ...], study: Path,
         "classes": list(classes),
         "input": {"name": INPUT, "dtype": "uint8", "layout": "NHWC", "shape": ["N", "H", "W",
                   "C"], "channels": "1 (L), 2 (LA), 3 (RGB) or 4 (RGBA; alpha dropped)",
-                  "size": f"any; resized (bilinear, as PIL) to {h}x{w}, the size the trials "
-                          f"saw, then {'L' if c == 1 else 'RGB'}"},
+                  "size": f"any; converted to {'L' if c == 1 else 'RGB'} and resized "
+                          f"(bilinear, as PIL) to {h}x{w}, as hpo decoded the trials' images"},
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", len(classes)],
                    "values": "softmax probabilities, in the order of classes"},
         "image_shape": [c, h, w],
