@@ -98,22 +98,48 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    """Write the complete config of the trial at --rank, which `hpo train` and run_trial take."""
+    """Write the complete config of the trial at --rank, which `hpo train` and run_trial take;
+    with --model, the best (or --final retrained) model with its preprocessing, runnable
+    without hpo (.onnx for onnxruntime, .pt2 for torch.export)."""
     import json
 
+    from hpo.errors import ConfigError
     from hpo.files import write_json
     from hpo.leaderboard import config_at_rank
     from hpo.preflight import check_output
 
-    if args.output != "-":
+    if args.model and args.rank != 1:
+        raise ConfigError("--model: only the best trial's weights are kept (best.pt); drop "
+                          "--rank")
+    if not args.model and (args.final or args.seed is not None or args.data or args.fraction):
+        raise ConfigError("--final, --seed, --data and --fraction go with --model")
+    if args.output not in (None, "-"):
         check_output(args.output, "-o")
+    if args.model:
+        check_output(args.model, "--model")
+        from hpo.export import export_model
+
+        out = export_model(args.study, args.model, final=args.final, seed=args.seed,
+                           data=args.data, fraction=args.fraction)
+        _console().print(f"model → {out}")
+    if args.model and args.output is None:
+        return 0
     config = config_at_rank(args.study, args.rank)
-    if args.output == "-":
+    if args.output in (None, "-"):
         print(json.dumps(config, indent=2))
     else:
         write_json(Path(args.output), config)
         _console().print(f"rank {args.rank} config → {args.output}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    """Classify image files and folders (recursively) with a model hpo export wrote (.onnx):
+    a line per image on stdout, a summary on stderr."""
+    from hpo.predict import print_predictions
+
+    return print_predictions(args.model, args.paths, top=args.top, as_csv=args.csv,
+                             batch=args.batch_size, cpu=args.cpu)
 
 
 def cmd_show(args) -> int:
@@ -159,13 +185,17 @@ def cmd_show(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from hpo.options import SearchOptions, TrainOptions, add_arguments
-    from hpo.values import WHOLE
+    from hpo.values import COUNT, FRACTION, WHOLE
 
-    def whole(text: str) -> int:
-        try:
-            return WHOLE.parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+    def checked(allowed):
+        def parse(text: str):
+            try:
+                return allowed.parse(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        return parse
+
+    whole, count, fraction = checked(WHOLE), checked(COUNT), checked(FRACTION)
 
     parser = _Parser(prog="hpo", description="Hyperparameter search for image-classification "
                      "CNNs: Optuna TPE + ASHA on Ray Tune.")
@@ -195,8 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")
     p.add_argument("--rank", type=whole, default=1, help="leaderboard rank (default 1, the best)")
-    p.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    p.add_argument("-o", "--output", help="file to write the config to (default: stdout, "
+                   "unless --model)")
+    p.add_argument("--model", metavar="FILE", help="write the model here instead: FILE.onnx "
+                   "(onnxruntime) or FILE.pt2 (torch.export), uint8 images in, probabilities out")
+    p.add_argument("--final", action="store_true",
+                   help="with --model: the retrained model of final/ (hpo train), not best.pt")
+    p.add_argument("--seed", type=count, help="with --final: the retrain of this seed "
+                   "(default: the first)")
+    p.add_argument("--data", help="with --model: where the study's images are, when moved")
+    p.add_argument("--fraction", type=fraction, help="with --final: the --fraction hpo train "
+                   "had, when not the study's")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__)
+    p.add_argument("model", help="a model hpo export --model wrote, FILE.onnx")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    p.add_argument("--top", type=whole, default=1, help="classes per image (default 1)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout: file, class, "
+                   "probability (then class_2, probability_2, ... with --top)")
+    p.add_argument("--batch-size", type=whole, default=64,
+                   help="images per onnxruntime run (default 64)")
+    p.add_argument("--cpu", action="store_true",
+                   help="run on the CPU even where onnxruntime has CUDA")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("study", help="a study folder, results/<study>")

@@ -9,6 +9,8 @@ command is a bug in hpo and is shown with its traceback.
       WeightsError      a pretrained weights file that is missing
       StudyError        a study folder, its record or an option that refuses to start
         StudyLocked     another live driver holds the study
+      ExportError       a model that cannot be exported as asked
+      PredictError      a model or a path hpo predict cannot use
       Infeasible        a config that cannot be built or would not fit (a draw, not a user's
                         mistake: the searcher rejects it and draws again)
       SpaceInfeasible   almost every draw of a space is infeasible
@@ -66,6 +68,14 @@ class Infeasible(HpoError):
 
 class SpaceInfeasible(SpaceError):
     """Almost every draw of the space is infeasible; the message names the dimensions."""
+
+
+class ExportError(HpoError):
+    """A model that cannot be exported as asked; the message names the file."""
+
+
+class PredictError(HpoError):
+    """A model or a path `hpo predict` cannot use."""
 
 
 class StudyFault(HpoError):

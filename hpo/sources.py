@@ -231,6 +231,14 @@ def materialise(path: Path, train: Split, test: Split | None, classes: list[str]
     return out
 
 
+def convert_image(im: Image.Image, mode: str, size: tuple[int, int] | None) -> Image.Image:
+    """`im` as hpo decodes every image: in `mode` ("RGB" or "L", PIL's conversion), then
+    resized to `size` (width, height) with PIL's bilinear filter unless None. hpo predict
+    decodes images with it too, so that a model sees the pixels its trials saw."""
+    im = im if im.mode == mode else im.convert(mode)
+    return im if size is None or im.size == size else im.resize(size, Image.BILINEAR)
+
+
 def _decode(path: Path, split: Split, mode: str, size: tuple[int, int],
             resize: bool) -> np.ndarray:
     global _decoded
@@ -244,9 +252,7 @@ def _decode(path: Path, split: Split, mode: str, size: tuple[int, int],
         for i in range(lo, hi):
             try:
                 with split.open(i) as im:
-                    im = im if im.mode == mode else im.convert(mode)
-                    if im.size != size and resize:
-                        im = im.resize(size, Image.BILINEAR)
+                    im = convert_image(im, mode, size if resize else None)
                     if im.size != size:
                         other_sizes.setdefault(im.size, i)
                         continue

@@ -356,3 +356,96 @@ def modules_loaded(statement: str) -> set[str]:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     return set(out.stdout.split())
+
+
+GRAY_SPACE = '''"""Grayscale images decoded at 32 px, for a pretrained backbone (export tests)."""
+metric, mode = "val_acc", "max"
+trials, max_epochs = 1, 1
+image_size, channels = 32, 1
+dimensions = {"backbone": "resnet18"}
+'''
+
+
+def write_study(folder: Path, space_file: Path, data: Path, config: dict,
+                seeds: tuple[int, ...] = (0,)) -> Path:
+    """A study folder as `hpo search` and then `hpo train --seeds N` leave it, for one config:
+    born as hpo begins a study, the config trained by hpo.train.run_trial on the data the space
+    decodes (as the study would split it) and written into the record as the searcher writes
+    a trial, the views rebuilt, its best epoch's weights as best.pt, and final/ written by
+    hpo.final.retrain for `seeds`."""
+    import torch
+    from rich.console import Console
+
+    from hpo import views
+    from hpo.config import complete
+    from hpo.data import load_dataset
+    from hpo.final import retrain
+    from hpo.record import RUNS
+    from hpo.space import load_space
+    from hpo.status import decide
+    from hpo.train import run_trial
+
+    space = load_space(space_file)
+    config = complete(config)
+    dataset = load_dataset(data, val_fraction=space.val_fraction, seed=0, fraction=1.0,
+                           image_size=space.image_size, channels=space.channels)
+    plan, record = begun(folder.parent, data, space=space_file, content=dataset.content,
+                         name=folder.name)
+    trial = record.ask()
+    record.start(trial.number, config)
+    best: dict = {}
+
+    def report(metrics, model=None, state=None):
+        record.epoch(trial.number, metrics, space.metric)
+        if model is not None and metrics["val_acc"] >= best.get("val_acc", -1.0):
+            best.update(val_acc=metrics["val_acc"],
+                        weights={k: v.clone() for k, v in model.state_dict().items()})
+
+    last = run_trial(config, dataset, report)
+    assert last["status"] == "completed"
+    record.end(trial.number, decide(last), "", space.metric, space.mode)
+    record.set_meta(RUNS, [{"fingerprint": dataset.fingerprint}])
+    views.rebuild(plan.folder, record)
+    torch.save(best["weights"], plan.folder.best_weights)
+    if seeds:
+        retrain(config, dataset, seeds, folder / "final", "best",
+                Console(file=io.StringIO()))
+    return folder
+
+
+# a small CNN that learns the generated images well within 3 epochs
+CNN = dict(stages=2, convs_1=1, convs_2=1, width=16, bn="before", head="gap", epochs=3,
+           optimizer="adam", lr=0.01, batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def cnn_study(tmp_path_factory, tiny_parquet) -> Path:
+    """results/cnn: hpo's own CNN on the 10-class RGB data, with a retrain of seed 0."""
+    root = tmp_path_factory.mktemp("studies")
+    return write_study(root / "cnn", Path(__file__).parent / "spaces/tiny.py", tiny_parquet,
+                       CNN)
+
+
+@pytest.fixture(scope="session")
+def backbone_study(tmp_path_factory) -> Path:
+    """results/gray: a pretrained resnet18 (weights: a random start saved under
+    torchvision's file name) cut after stage 2 under a GAP head, on grayscale 40x36 images
+    the space decodes at 32x32, resized to 48 px for the backbone; no retrain."""
+    import torch
+    from torchvision.models import get_model
+
+    from hpo.weights import WEIGHTS_ENV, weights_filename
+
+    root = tmp_path_factory.mktemp("gray")
+    data = write_parquet_dataset(root / "data", n_train=160, n_test=100, size=(40, 36),
+                                 channels=1, num_classes=4)
+    (root / "gray.py").write_text(GRAY_SPACE)
+    weights = root / "weights"
+    weights.mkdir()
+    torch.manual_seed(1)
+    torch.save(get_model("resnet18").state_dict(), weights / weights_filename("resnet18"))
+    config = dict(backbone="resnet18", pretrained=True, cut=2, frozen=1, input_size=48,
+                  head="gap", epochs=2, optimizer="adam", lr=0.003, batch_size=32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(WEIGHTS_ENV, str(weights))
+        return write_study(root / "results/gray", root / "gray.py", data, config, seeds=())

@@ -81,10 +81,13 @@ class PgServer:
         try:
             self._server("initdb", "-D", self.data, "-U", "postgres", "-E", "UTF8",
                          "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+            # fsync off only: what a killed server wrote reaches the disk through the OS. A
+            # commit must still be durable when it returns (synchronous_commit stays on), or
+            # stop()'s crash would lose what the study was told it kept
             with open(self.data / "postgresql.conf", "a") as conf:
                 conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                            f"unix_socket_directories = '{self.root}'\n"
-                           "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+                           "fsync = off\nfull_page_writes = off\n")
             self.start()
             self.sql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{self.password}'")
         except BaseException:

@@ -106,3 +106,15 @@ def test_search_quality_tiny_runs_every_method_on_two_seeds(tmp_path):
                           text=True, timeout=120)
     assert dims.returncode == 0, dims.stdout + dims.stderr
     assert " in 8 searches" in dims.stdout and "  optimizer " in dims.stdout, dims.stdout
+
+
+def test_predict_small_times_the_engine_and_the_torch_loop(tmp_path):
+    out = tmp_path / "predict.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "predict.py"), "--small",
+                           "--cases", "basenet-32px", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    case = json.loads(out.read_text())["cases"]["basenet-32px"]
+    assert case["files"] == 16 and case["params"] == 23432
+    assert len(case["engine_img_per_s"]) == len(case["torch_img_per_s"]) == 1
+    assert case["max_prob_diff"] < 1e-4  # the same computation on the same pixels
