@@ -118,9 +118,9 @@ def load_classifier(study: Path, weights: Weights, data: str | None = None,
     import torch
 
     from hpo.classifier import ImageClassifier
+    from hpo.device import to_device
     from hpo.model import build_model
     from hpo.study import load_study_data
-    from hpo.device import to_device
 
     _, dataset = load_study_data(study, data, fraction)
     trained_on = dataset.train_and_val() if weights.final else dataset

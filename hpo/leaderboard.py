@@ -113,7 +113,7 @@ def read_leaderboard(study: str | Path) -> pd.DataFrame:
         if list(board.columns[:len(KEY)]) != list(KEY) or len(board.columns) <= len(KEY):
             raise ValueError(f"its columns do not start {', '.join(KEY)} and the metric")
         for column in ("rank", "trial_id"):
-            if not pd.api.types.is_integer_dtype(board[column]):
+            if len(board) and not pd.api.types.is_integer_dtype(board[column]):
                 raise ValueError(f"its {column} column holds more than whole numbers")
         if not set(board["status"]) <= {s.value for s in Status}:
             raise ValueError("its status column holds words that are no status")

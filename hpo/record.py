@@ -47,6 +47,7 @@ from hpo.config import LABELS
 from hpo.errors import Infeasible, StudyError, StudyFault
 from hpo.preflight import masked
 from hpo.registry import SAMPLERS, sign
+from hpo.space import POINT_ATTR as POINT
 from hpo.status import CONFIG_FAULTS, FINISHED, Status
 
 # study user attributes
@@ -85,6 +86,9 @@ class TrialRecord:
     values: list[float] | None = None  # Optuna's, once COMPLETE
     checkpoint: str | None = None
     duplicate_of: int | None = None
+    drawn: dict[str, Any] = field(default_factory=dict)  # what the sampler drew (its params)
+    distributions: dict[str, Any] = field(default_factory=dict)  # ... and from where
+    point: str | None = None  # the starting point it is, if one
 
     @property
     def unfinished(self) -> bool:
@@ -110,7 +114,8 @@ class TrialRecord:
                    status=Status(status) if status else None, config=a.get(CONFIG) or {},
                    reason=a.get(REASON) or "", epochs=list(a.get(EPOCHS) or []),
                    params=a.get(PARAMS), values=t.values, checkpoint=a.get(CHECKPOINT),
-                   duplicate_of=a.get(DUPLICATE_OF))
+                   duplicate_of=a.get(DUPLICATE_OF), drawn=dict(t.params),
+                   distributions=dict(t.distributions), point=a.get(POINT))
 
 
 def config_key(config: dict[str, Any]) -> str:

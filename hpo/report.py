@@ -165,7 +165,8 @@ def _named(row: dict[str, Any]) -> str:
 def _header(ctx) -> str:
     board, meta, metric = ctx["board"], ctx["meta"], ctx["metric"]
     counts = board["status"].value_counts()
-    order = [s for s in Status if s in counts] + [s for s in counts.index if s not in Status]
+    words = [s.value for s in Status]
+    order = [s for s in words if s in counts] + [s for s in counts.index if s not in words]
     best = _best(ctx)
     busy = meta.get("busy_fraction")
     wall = meta.get("wall_s")
@@ -304,42 +305,41 @@ def _pareto(ctx) -> str:
 
 def _importances(ctx) -> tuple[dict[str, float] | None, str]:
     import optuna
-    from optuna.trial import TrialState, create_trial
+    from optuna.trial import create_trial
+
+    from hpo.record import Record
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, db = ctx["study"], ctx["study"] / "study.db"
-    url = f"sqlite:///{db.resolve()}" if db.is_file() else (
-        ctx["meta"].get("options") or {}).get("storage")  # `hpo search --storage`
-    if not url:
-        raise _Missing("no importances: the folder has no study.db")
-    names = optuna.get_all_study_names(url)
-    # the study is named after the folder; a renamed folder still holds just the one study
-    stored = optuna.load_study(storage=url, study_name=study.name
-                               if study.name in names or len(names) != 1 else names[0])
-    # with two objectives the first is the one the leaderboard ranks by
-    done = [(t, t.values[0]) for t in stored.get_trials(states=(TrialState.COMPLETE,))]
+    if not db.is_file():
+        raise _Missing("no importances: the folder has no study.db (its record)")
+    record = Record.load(f"sqlite:///{db.resolve()}", study.name)
+    metric, mode = ctx["metric"], ctx["mode"]
+    # what TPE saw: a completed trial's best epoch, as Optuna was told it
+    done = [(t, t.best(metric, mode)[0]) for t in record.real()
+            if t.status == Status.COMPLETED and t.best(metric, mode)]
     note, n_complete = "", len(done)
     if n_complete < MIN_COMPLETE:
-        # Optuna's evaluators read COMPLETE trials only (`target=` changes the value, not which
-        # trials count), so ASHA-stopped ones join a copy as COMPLETE, at their last value
-        done += [(t, t.intermediate_values[max(t.intermediate_values)])
-                 for t in stored.get_trials(states=(TrialState.PRUNED,)) if t.intermediate_values]
+        # few completed: the ASHA-stopped ones count too, at their last epoch's value
+        done += [(t, t.epochs[-1][metric]) for t in record.real()
+                 if t.status == Status.STOPPED and t.epochs and t.epochs[-1].get(metric)
+                 is not None]
         if len(done) > n_complete:
             note = (f"Only {n_complete} trials completed, so {len(done) - n_complete} stopped "
                     "by ASHA count too, at their last epoch's value. ")
     # a starting point is hand-picked, not drawn from the space: its values outside a
     # dimension's range are absent, and it says nothing about the space around it
-    points = sum(bool(t.user_attrs.get("hpo_point")) for t, _ in done)
-    done = [(t, v) for t, v in done if not t.user_attrs.get("hpo_point") and math.isfinite(v)]
+    points = sum(bool(t.point) for t, _ in done)
+    done = [(t, v) for t, v in done if not t.point and math.isfinite(v)]
     # fANOVA needs every dimension in every trial: conditional ones (`when=`) absent from some
     # trials are left out, the rest are assessed over all trials
-    seen = {p for t, _ in done for p in t.params}
-    params = sorted(set.intersection(*(set(t.params) for t, _ in done))) if done else []
+    seen = {p for t, _ in done for p in t.drawn}
+    params = sorted(set.intersection(*(set(t.drawn) for t, _ in done))) if done else []
     if len(done) < MIN_TRIALS or not params:
         raise _Missing(f"no importances yet: {len(done)} finished trials (starting points "
                        f"aside), and at least {MIN_TRIALS} are needed")
-    copy = optuna.create_study(direction=stored.directions[0])
-    copy.add_trials([create_trial(params={p: t.params[p] for p in params}, value=v,
+    copy = optuna.create_study(direction="maximize" if sign(mode) > 0 else "minimize")
+    copy.add_trials([create_trial(params={p: t.drawn[p] for p in params}, value=v,
                                   distributions={p: t.distributions[p] for p in params})
                      for t, v in done])
     try:

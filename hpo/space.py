@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,6 +21,8 @@ from hpo.registry import METRICS, SAMPLERS
 from hpo.values import CHANNELS, COUNT, IMAGE_SIZE, VAL_FRACTION, WHOLE, Allowed, OneOf, Range
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+# the user attribute that marks the Optuna trial a starting point was enqueued as (its name)
+POINT_ATTR = "hpo_point"
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class Space:
         A trial enqueued with user attribute `hpo_point` returns that starting point instead;
         its values that lie inside a dimension are still suggested, so TPE learns from them.
         """
-        point_name = trial.user_attrs.get("hpo_point") if hasattr(trial, "user_attrs") else None
+        point_name = trial.user_attrs.get(POINT_ATTR) if hasattr(trial, "user_attrs") else None
         if point_name:
             # the trial was enqueued with point_params(): these suggestions return its values
             for name in self.point_params(point_name):
@@ -205,7 +207,7 @@ class Space:
         the trial Optuna hands out next samples exactly that config."""
         if config.get("point") in self.starting_points:
             study.enqueue_trial(self.point_params(config["point"]),
-                                user_attrs={"hpo_point": config["point"]})
+                                user_attrs={POINT_ATTR: config["point"]})
         elif config:
             study.enqueue_trial(self.params_of(config))
 

@@ -77,7 +77,8 @@ def run_study(space: str | os.PathLike, options: SearchOptions, console=None,
 
 def begin(plan: Plan, console=None, content: str | None = None):
     """The study's record, made whole before Ray starts (a new study's identity, with its
-    images' `content` hash, goes in last: its presence is what marks a study born) or opened; half-made draws settled; every view rebuilt from it. The caller holds the lock."""
+    images' `content` hash, goes in last: its presence is what marks a study born) or
+    opened; half-made draws settled; every view rebuilt from it. The caller holds the lock."""
     from hpo import record as r
     from hpo import views
 

@@ -18,6 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from hpo import fmt
+from hpo.errors import ConfigError
 from hpo.leaderboard import KEY, metric_of
 from hpo.status import FAILURES
 
@@ -28,13 +29,13 @@ def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = 
     """Print the leaderboard `board` (read_leaderboard of `study`) to fit `console`: the key
     columns, then the hyperparameters that vary, as many as fit; `every` of them, or the
     `columns` named ("a,b,c"), in further tables; the reasons of failed rows under it. With
-    `as_csv`, the file's rows unformatted instead. Raises ValueError naming a column that
+    `as_csv`, the file's rows unformatted instead. Raises ConfigError naming a column that
     the leaderboard does not have."""
     console = console or Console()
     chosen = [c.strip() for c in (columns or "").split(",") if c.strip()]
     if unknown := [c for c in chosen if c not in board.columns]:
         near = difflib.get_close_matches(unknown[0], board.columns, n=3)
-        raise ValueError(f"--columns: {study} has no column {unknown[0]!r}" + (
+        raise ConfigError(f"--columns: {study} has no column {unknown[0]!r}" + (
             f" (did you mean {' or '.join(near)}?)" if near else
             " (see the header of its leaderboard.csv)"))
     if as_csv:

@@ -226,8 +226,9 @@ def _train(config, data, report, model, device, cuda, generator, base, stop,
         train_loss = total.item() / steps_per_epoch
         seconds = time.perf_counter() - t0  # .item() above synchronised the device
         if not math.isfinite(train_loss):
-            return stop(Status.DIVERGED.value, f"training loss became {train_loss} in epoch {epoch}",
-                        epoch=epoch, train_loss=train_loss)
+            return stop(Status.DIVERGED.value,
+                        f"training loss became {train_loss} in epoch {epoch}", epoch=epoch,
+                        train_loss=train_loss)
         val_loss, val_acc = evaluate(net, dev.x_val, dev.y_val, dev, config)
         if config["schedule"] in PER_EPOCH_SCHEDULES:
             # ReduceLROnPlateau on validation loss, counted in epochs (on the training loss

@@ -73,7 +73,7 @@ def summary(record: Record) -> dict[str, Any]:
         "counts": dict(Counter(str(t.status) for t in trials)),
         "rejected": record.count(REJECTED), "duplicates": record.count(DUPLICATE),
         "best": best and {"trial_id": best.number, metric: best.best(metric, mode)[0]},
-        "started": runs[0]["started"] if runs else None,
+        "started": runs[0].get("started") if runs else None,
         "finished": last.get("ended") if last.get("ended") and not last.get("stopped_by")
         else None,
         "wall_s": round(sum(r.get("wall_s", 0) for r in runs), 1),

@@ -153,24 +153,35 @@ def begun(results: Path, data: Path, space: Path = TINY, content: str = "c0ffee"
         return plan, begin(plan, content=content)
 
 
-def add_trial(record, config: dict, values: list[float], *, epochs: int | None = None,
-              status: str | None = None, reason: str = "", params: int = 100,
-              metric: str = "val_acc") -> int:
-    """A trial written into `record` as the searcher writes one: asked, started, one report
-    per value in `values`, ended (as the reports decide, or as `status`). Its number."""
+def write_trial(record, config: dict, reports: list[dict], *, status: str | None = None,
+                reason: str = "", metric: str = "val_acc") -> int:
+    """A trial written into `record` as the searcher writes one: asked, started, each report
+    (a dict with "epoch" and what a trial reports) told, ended as the last report decides or
+    as `status` ("running": left unfinished). Its number."""
+    from hpo.registry import METRICS
     from hpo.status import Status, decide
 
     trial = record.ask()
-    record.start(trial.number, {"epochs": epochs or len(values), **config})
-    last = {"epoch": 0, "epochs": epochs or len(values)}
-    for epoch, value in enumerate(values, 1):
-        last = {"epoch": epoch, "epochs": epochs or len(values), metric: value,
-                "params": params, "img_per_s": 10.0, "t_start": epoch, "t_end": epoch + 0.5}
+    record.start(trial.number, config)
+    last = {"epoch": 0, "epochs": config.get("epochs", 1)}
+    for report in reports:
+        last = {"epochs": config.get("epochs", 1), **report}
         record.epoch(trial.number, last, metric)
-    if status is None or status != "running":
+    if status != "running":
         final = Status(status) if status else decide(last)
-        record.end(trial.number, final, reason, metric, "max" if metric == "val_acc" else "min")
+        record.end(trial.number, final, reason, metric, METRICS[metric].mode)
     return trial.number
+
+
+def add_trial(record, config: dict, values: list[float], *, epochs: int | None = None,
+              status: str | None = None, reason: str = "", params: int = 100,
+              metric: str = "val_acc") -> int:
+    """`write_trial` with one report per value in `values` (the metric's), epochs 1, 2, ..."""
+    epochs = epochs or len(values)
+    reports = [{"epoch": e, metric: v, "params": params, "img_per_s": 10.0, "t_start": e,
+                "t_end": e + 0.5} for e, v in enumerate(values, 1)]
+    return write_trial(record, {"epochs": epochs, **config}, reports, status=status,
+                       reason=reason, metric=metric)
 
 
 def fast_trial(config, data=None, metric="val_acc", mode="max", rungs=(), checkpoint_every=0,

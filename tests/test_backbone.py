@@ -146,7 +146,7 @@ def test_every_backbone_builds_at_a_small_input_with_every_cut(name):
 SLOW = ("resnet50", "vgg16", "efficientnet_b0", "convnext_tiny")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.e2e) if n in SLOW else n
                                   for n in BACKBONES])
 def test_every_backbone_trains_a_step_on_small_grayscale_images(name):
     # the whole network from a random start; grayscale images of 24 px go in as 3 channels
@@ -238,7 +238,7 @@ def hpo(*args, cwd, env):
                           capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.slow  # four commands, each importing torch and torchvision
+@pytest.mark.e2e  # four commands, each importing torch and torchvision
 def test_a_search_or_retrain_without_its_weights_stops_in_one_line(tmp_path, tiny_parquet):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -266,7 +266,7 @@ def test_a_search_or_retrain_without_its_weights_stops_in_one_line(tmp_path, tin
         assert not (tmp_path / "results").exists(), args
 
 
-@pytest.mark.slow  # imports torchvision in a new process
+@pytest.mark.e2e  # imports torchvision in a new process
 def test_show_prints_the_starting_points_total_and_trainable_parameters(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hpo.cli", "show", ROOT / "spaces/transfer.py",
                           "--classes", "200"], cwd=tmp_path, capture_output=True, text=True,

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import write_parquet_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.bench
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ from conftest import write_parquet_dataset
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow  # three short trials of resnet18 in a new process
+@pytest.mark.bench  # three short trials of resnet18 in a new process
 def test_features_bench_times_the_uncached_cold_and_warm_trials(tmp_path):
     data = write_parquet_dataset(tmp_path / "data", n_train=60, n_test=0)
     out = tmp_path / "features.json"

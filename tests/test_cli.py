@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from mistakes import MISTAKES, Made
 
 from conftest import TINY, hpo_command
 from hpo.cli import main
 from hpo.lock import StudyLock
-from mistakes import MISTAKES, Made
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -210,7 +210,7 @@ def other_ray(tmp_path_factory) -> Path:
     return python
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_refuses_a_cluster_of_another_ray_in_one_line(other_ray, tiny_parquet, tmp_path):
     with RayCluster(python=other_ray) as cluster:
         cluster.add_node("head", cpus=1, head=True)

@@ -307,7 +307,7 @@ def test_synthetic_data_is_learnable(tiny_parquet, cache_dir):
     assert (pred == ds.y_val).mean() > 0.5
 
 
-@pytest.mark.slow  # decodes all 60,000 images once: about 7 s on 2 cores
+@pytest.mark.e2e  # decodes all 60,000 images once: about 7 s on 2 cores
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 Parquet not present")
 def test_real_cifar10_parquet(cache_dir):
     ds = load_dataset(SHARED_CIFAR, fraction=0.02, cache_dir=cache_dir)

@@ -142,7 +142,7 @@ def test_the_retrained_model_exports_with_train_and_vals_statistics(cnn_study, t
     assert json.loads(meta["source"])["weights"] == "final/best-seed0.pt"
 
 
-@pytest.mark.slow  # resnet18's exports take ~30 s on 2 cores
+@pytest.mark.e2e  # resnet18's exports take ~30 s on 2 cores
 def test_a_pretrained_backbone_on_grayscale_images_exports_in_both_forms(backbone_study,
                                                                          tmp_path):
     images, expected = reference(backbone_study)
@@ -284,7 +284,6 @@ def hpo(*args, cwd) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow  # imports torch in a new process
 def test_the_command_writes_the_model_and_still_exports_configs(cnn_study, tmp_path):
     done = hpo("export", cnn_study, "--model", "m.pt2", "--final", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

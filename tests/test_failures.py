@@ -1,63 +1,59 @@
 """Failures are sorted, recorded and survived: a crashing trial is retried a bounded number of
-times, then recorded as failed with its error's last line; Optuna is told FAIL; the search
-goes on. Real Ray, with a trainable that crashes for some configs."""
+times from its checkpoint, then recorded as failed with its error's last line; Optuna is told
+FAIL; the search goes on. The real driver, with a trainable injected that crashes."""
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
-from ray import tune
 
-from conftest import stored_study, study_tuner
-from hpo.data import load_dataset
-from hpo.space import load_space
-
-ROOT = Path(__file__).parents[1]
-pytestmark = pytest.mark.slow
+from conftest import TINY, search, stored_study
+from hpo.record import Record
 
 
-def test_crashed_trials_are_retried_then_failed_and_the_search_goes_on(tmp_path):
-    # defined here, not at module level, so Ray ships it by value to workers that cannot
-    # import this test module
-    def crashes_on_adam(config, attempts_dir):
-        # one file per attempt, so the test can count retries across worker processes
-        Path(attempts_dir, f"{config['optimizer']}-{config['lr']}-{id(config)}").touch()
-        if config["optimizer"] == "adam":
-            raise RuntimeError("simulated crash in the trial process")
-        for epoch in (1, 2):
-            tune.report({"epoch": epoch, "epochs": 2, "val_acc": 0.1 * epoch, "params": 1,
-                         "status": "completed" if epoch == 2 else "running"})
+def crashes_on_adam(config, data=None, metric="val_acc", mode="max", rungs=(),
+                    checkpoint_every=0, resume=None):
+    from ray import tune
 
-    space = load_space(ROOT / "tests/spaces/tiny.py")
-    study = tmp_path / "crashy"
+    # one file per attempt, so the test can count retries across worker processes
+    Path(config["attempts"], f"{config['optimizer']}-{config['lr']}-{id(config)}").touch()
+    if config["optimizer"] == "adam":
+        raise RuntimeError("simulated crash in the trial process")
+    for epoch in (1, 2):
+        tune.report({"epoch": epoch, "epochs": 2, "val_acc": 0.1 * epoch, "params": 1,
+                     "status": "completed" if epoch == 2 else "running"})
+
+
+def test_crashes_are_retried_then_recorded_failed_with_their_last_line(tmp_path, tiny_parquet):
     attempts = tmp_path / "attempts"
     attempts.mkdir()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        trainable = tune.with_resources(
-            tune.with_parameters(crashes_on_adam, attempts_dir=str(attempts)), {"cpu": 1})
-        space = dataclasses.replace(space, trials=6, max_epochs=2, starting_points={})
-        tuner, board = study_tuner(space, study, trainable)
-        tuner.fit()
-    finally:
-        ray.shutdown()
-    rows = board.frame()
+
+    def crashes(config, **kwargs):
+        return crashes_on_adam({**config, "attempts": str(attempts)}, **kwargs)
+
+    space = tmp_path / "crashy.py"
+    space.write_text(TINY.read_text() + "\nstarting_points = {}\n")
+    folder = search(space, tmp_path / "results", tiny_parquet, trainable=crashes, trials=4,
+                    max_epochs=2)
+    rows = pd.read_csv(folder / "leaderboard.csv")
     failed = rows[rows.status == "failed"]
-    assert len(rows) == 6 and len(failed) >= 1 and (rows.status != "running").all()
+    assert len(rows) == 4 and len(failed) >= 1 and (rows.status != "running").all()
     assert failed["reason"].str.contains("simulated crash in the trial process").all()
     assert set(rows[rows.status != "failed"]["optimizer"]) == {"sgd"}
     # each crashing config ran 1 + max_failures (2) times, no more
     adam_attempts = [p for p in attempts.iterdir() if p.name.startswith("adam")]
     assert len(adam_attempts) == 3 * len(failed)
-    stored = stored_study(study)
+    stored = stored_study(folder)
     assert [t.state.name for t in stored.trials].count("FAIL") == len(failed)
 
 
+@pytest.mark.e2e  # a real trial, crashed and continued: half a minute
 def test_a_crashed_trial_goes_on_from_its_checkpoint(tmp_path, tiny_parquet):
-    def crashes_once_in_epoch_3(config, data, metric, mode, marker):
+    marker = tmp_path / "crashed"
+
+    def crashes_once_in_epoch_3(config, data, metric, mode, rungs=(), checkpoint_every=0,
+                                resume=None):
         import hpo.train
         from hpo.tuning.trainable import train_trial
 
@@ -66,36 +62,28 @@ def test_a_crashed_trial_goes_on_from_its_checkpoint(tmp_path, tiny_parquet):
 
         def evaluate(*args, **kwargs):
             calls[0] += 1
-            if calls[0] == 3 and not Path(marker).exists():
-                Path(marker).touch()
+            if calls[0] == 3 and not marker.exists():
+                marker.touch()
                 raise RuntimeError("simulated crash in epoch 3")
             return real(*args, **kwargs)
 
         hpo.train.evaluate = evaluate
         try:
             # a checkpoint after every epoch, so that the crash has one to go on from
-            train_trial(config, data, metric, mode, checkpoint_every=0)
+            train_trial(config, data, metric, mode, rungs, checkpoint_every=0, resume=resume)
         finally:
             hpo.train.evaluate = real
 
-    space = dataclasses.replace(load_space(ROOT / "tests/spaces/tiny.py"), trials=1,
-                                max_epochs=4, grace_period=4, starting_points={})
-    study = tmp_path / "crash-once"
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        trainable = tune.with_resources(tune.with_parameters(
-            crashes_once_in_epoch_3, data=load_dataset(tiny_parquet).without_test(),
-            metric="val_acc", mode="max", marker=str(tmp_path / "crashed")), {"cpu": 1})
-        tuner, board = study_tuner(space, study, trainable, concurrency=1)
-        tuner.fit()
-    finally:
-        ray.shutdown()
-    assert (tmp_path / "crashed").exists()
-    row = board.frame().iloc[0]
-    assert (row.status, row.epochs_trained) == ("completed", 4)
+    space = tmp_path / "once.py"
+    space.write_text(TINY.read_text() + "\nstarting_points = {}\n")
+    folder = search(space, tmp_path / "results", tiny_parquet, trainable=crashes_once_in_epoch_3,
+                    trials=1, grace_period=4, concurrency=1)
+    assert marker.exists()
+    t = Record.load(f"sqlite:///{folder / 'study.db'}", folder.name).real()[0]
+    assert (t.status, t.epochs_trained) == ("completed", 4)
     # Tune's record of every report: the second attempt began after the checkpoint, not at 1
     reported = [json.loads(line)["epoch"]
-                for line in next((study / "ray").glob("*/result.json")).read_text().splitlines()]
+                for line in next((folder / "ray").glob("*/result.json")).read_text().splitlines()]
     assert reported[:2] == [1, 2] and reported.count(1) == 1 and reported[-1] == 4
-    board.write()
-    assert list(pd.read_csv(study / "epochs.csv").epoch) == [1, 2, 3, 4]
+    assert list(pd.read_csv(folder / "epochs.csv").epoch) == [1, 2, 3, 4]
+

@@ -194,7 +194,7 @@ def test_the_job_runs_one_hpo_search_on_that_cluster(cluster, job):
     assert args.address == "auto" and args.data
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_study_sh_keeps_the_study_in_the_store_and_resumes_from_it(tiny_parquet, tmp_path):
     """file:// stands in for s3://: the same pyarrow.fs calls, on this disk."""
     store = tmp_path / "store"

@@ -44,7 +44,7 @@ def test_a_start_that_fails_leaves_no_folder_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_drivers_started_together_one_refuses_and_the_record_agrees(tmp_path,
                                                                          tiny_parquet):
     cmd = [sys.executable, "-m", "hpo.cli", "search", str(ROOT / "tests/spaces/tiny.py"),

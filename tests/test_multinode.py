@@ -26,7 +26,7 @@ SLOW = ROOT / "tests/spaces/slow.py"
 ENDED = {"completed", "stopped", "failed", "infeasible", "diverged", "oom"}
 SEARCH_TIMEOUT = 300  # s; a driver that hangs after losing a node fails the test, not CI
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture

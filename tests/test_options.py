@@ -76,7 +76,8 @@ def test_paths_are_made_absolute_so_a_study_works_from_any_folder(tmp_path):
     assert options.data == os.path.abspath("data/x")
     assert options.weights_dir == os.path.expanduser("~/w")
     assert os.path.isabs(options.results)
-    assert check(SearchOptions(data="torchvision:dl")).data == f"torchvision:{os.path.abspath('dl')}"
+    downloaded = check(SearchOptions(data="torchvision:dl")).data
+    assert downloaded == f"torchvision:{os.path.abspath('dl')}"
 
 
 def test_what_a_resume_does_with_each_option_is_declared():

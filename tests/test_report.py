@@ -1,24 +1,24 @@
-"""The study report: one offline HTML page with embedded PNGs, from a study folder built by hand
-(no Ray): leaderboard.csv and epochs.csv via Leaderboard, study.json, space.py, study.db."""
+"""The study report: one offline HTML page with embedded PNGs, from a study whose record is
+written trial by trial as the searcher writes it (no Ray), its views rebuilt from it."""
 
 import base64
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
-from optuna.trial import TrialState
 
+from conftest import begun, write_trial
+from hpo import views
+from hpo.errors import Infeasible
 from hpo.files import write_json
-from hpo.leaderboard import Leaderboard
+from hpo.record import DATA, RUNS
 from hpo.report import pareto_front, write_report
-from hpo.space import load_space
+from hpo.status import Status
 
 TINY = Path(__file__).parent / "spaces" / "tiny.py"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,61 +26,52 @@ PNG = b"\x89PNG\r\n\x1a\n"
 STARTED = 1_700_000_000.0
 
 
-def make_study(root: Path, name: str = "toy", n: int = 12) -> Path:
-    """A finished study of the tiny space: trial 0 is its starting point, every third trial is
-    stopped by ASHA after epoch 1 (PRUNED in Optuna), the last is infeasible (FAIL)."""
-    study = root / name
-    study.mkdir(parents=True)
-    shutil.copyfile(TINY, study / "space.py")
-    space = load_space(study / "space.py")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stored = optuna.create_study(study_name=name, storage=f"sqlite:///{study}/study.db",
-                                 direction="maximize", sampler=optuna.samplers.RandomSampler(0))
-    stored.enqueue_trial({}, user_attrs={"hpo_point": "too-slow"})
-    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
+def make_study(root: Path, data: Path, name: str = "toy", n: int = 12) -> Path:
+    """A finished study of the tiny space, written into its record as the searcher writes it:
+    trial 0 is its starting point, every third trial is stopped by ASHA after epoch 1, the
+    last is infeasible; seven draws were rejected and one repeated a trial; the views rebuilt.
+    """
+    plan, record = begun(root / "results", data, name=name)
+    space = plan.space
+    space.enqueue(record.study, space.point("too-slow"))
     clock = STARTED + 5
     for i in range(n):
-        trial = stored.ask()
+        trial = record.ask()
         config = space.sample(trial)
-        tid = f"t{i:02d}"
-        board.start(tid, config)
+        record.start(trial.number, config)
         if i == n - 1 and i > 0:
-            board.result(tid, {"epoch": 0, "status": "infeasible", "reason": "too <deep> & wide"})
-            board.finish(tid)
-            stored.tell(trial, state=TrialState.FAIL)
+            record.epoch(trial.number, {"epoch": 0, "status": "infeasible"}, "val_acc")
+            record.end(trial.number, Status.INFEASIBLE, "too <deep> & wide", "val_acc", "max")
             continue
         rate = max(0.0, 1 - abs(math.log10(config["lr"]) + 2) / 2)  # lr near 1e-2 learns best
-        epochs, values = (1 if i % 3 == 2 else 4), []
+        epochs = 1 if i % 3 == 2 else 4
         for e in range(1, epochs + 1):
             v = round(min(1.0, 0.1 + 0.2 * e * rate + 0.01 * i), 4)
-            trial.report(v, e)
-            values.append(v)
-            board.result(tid, {"epoch": e, "val_acc": v, "val_loss": 2 - v, "train_loss": 2 - v,
-                               "img_per_s": 1000.0, "t_start": clock, "t_end": clock + 1,
-                               "node": "n1", "data": "fp", "decoded": 0,
-                               "params": 1000 * (i % 5 + 1)})
+            record.epoch(trial.number, {
+                "epoch": e, "epochs": 4, "val_acc": v, "val_loss": 2 - v, "train_loss": 2 - v,
+                "img_per_s": 1000.0, "t_start": clock, "t_end": clock + 1, "node": "n1",
+                "data": "fp", "decoded": 0, "params": 1000 * (i % 5 + 1)}, "val_acc")
             clock += 1
-        board.finish(tid)
-        if epochs == 4:
-            stored.tell(trial, max(values))  # as HpoSearch tells it: the best epoch's value
-        else:
-            stored.tell(trial, state=TrialState.PRUNED)
-    board.write()
-    best = board.best()
-    write_json(study / "study.json", {
-        "space": str(TINY), "data": "/data/<toy>", "fingerprint": "abc123", "options": {},
+        record.end(trial.number, Status.COMPLETED if epochs == 4 else Status.STOPPED, "",
+                   "val_acc", "max")
+    for _ in range(7):
+        record.reject(record.ask().number, Infeasible("too wide", ("width",)))
+    if n > 1:
+        record.duplicate(record.ask().number, 1)
+    record.set_meta(DATA, "/data/<toy>")
+    record.set_meta(RUNS, [{
         "started": pd.Timestamp(STARTED, unit="s", tz="UTC").isoformat(),
-        "finished": pd.Timestamp(clock, unit="s", tz="UTC").isoformat(),
-        "wall_s": clock - STARTED, "busy_fraction": 0.8, "rejected": 7, "duplicates": 1,
+        "ended": pd.Timestamp(clock, unit="s", tz="UTC").isoformat(),
+        "wall_s": clock - STARTED, "busy_fraction": 0.8, "fingerprint": "abc123",
         "time": {"data_s": 3.0, "search_s": 50.0, "ray_start_s": 2.0, "idle_s": 10.0,
-                 "train_s": 70.0, "eval_s": 5.0, "trial_other_s": 4.0},
-        "best": best and {"trial_id": best["trial_id"], "val_acc": best["val_acc"]}})
-    return study
+                 "train_s": 70.0, "eval_s": 5.0, "trial_other_s": 4.0}}])
+    views.rebuild(plan.folder, record)
+    return plan.folder.path
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    study = make_study(tmp_path_factory.mktemp("report"))
+def report(tmp_path_factory, tiny_parquet):
+    study = make_study(tmp_path_factory.mktemp("report"), tiny_parquet)
     path = write_report(study)
     return path, path.read_text()
 
@@ -149,26 +140,23 @@ def test_best_named_next_step_failures_and_numbers(report):
     assert "<td>5,000</td>" in top
 
 
-def test_a_starting_point_that_wins_is_named_so(tmp_path):
-    study = tmp_path / "won"
-    study.mkdir()
-    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
+def test_a_starting_point_that_wins_is_named_so(tmp_path, tiny_parquet):
+    plan, record = begun(tmp_path / "results", tiny_parquet, name="won")
+    study = plan.folder.path
     configs = {"a1": {"point": "basenet", "lr": 0.01, "epochs": 4, "seed": 0},
                "a2": {"lr": 0.3, "epochs": 4, "seed": 0}, "a3": {"lr": 9.0, "epochs": 4}}
     for tid, config in configs.items():
-        board.start(tid, config)
         if tid == "a3":
-            board.result(tid, {"epoch": 1, "status": "diverged",
-                               "reason": "training loss became nan in epoch 1"})
+            write_trial(record, config, [{"epoch": 1, "status": "diverged"}], status="diverged",
+                        reason="training loss became nan in epoch 1")
         else:
-            board.result(tid, {"epoch": 1, "val_acc": 0.9 if tid == "a1" else 0.5})
-        board.finish(tid)
-    board.write()
+            write_trial(record, config, [{"epoch": 1, "val_acc": 0.9 if tid == "a1" else 0.5}])
+    views.rebuild(plan.folder, record)
     html = write_report(study).read_text()
-    assert "<dd>starting point basenet (trial a1) · val_acc 0.9000</dd>" in html
+    assert "<dd>starting point basenet (trial 0) · val_acc 0.9000</dd>" in html
     assert "tuned" not in html
     failed = html.split("<h2>Trials that failed</h2>")[1].split("<h2>")[0]
-    assert "a3" in failed and "training loss became nan in epoch 1" in failed
+    assert ">2<" in failed and "training loss became nan in epoch 1" in failed
     (study / "final").mkdir()
     write_json(study / "final" / "results.json", {
         "config": {**configs["a1"], "epochs": 30}, "seeds": [0], "test_acc": [0.8],
@@ -179,7 +167,7 @@ def test_a_starting_point_that_wins_is_named_so(tmp_path):
     write_json(study / "final" / "results.json", {
         "config": {**configs["a2"], "seed": 2}, "seeds": [2], "test_acc": [0.7],
         "mean": 0.7, "std": 0.0})
-    assert "sampled config, trial a2</td>" in write_report(study).read_text()
+    assert "sampled config, trial 1</td>" in write_report(study).read_text()
 
 
 def test_pareto_front_on_a_hand_made_frame():
@@ -194,10 +182,10 @@ def test_pareto_front_on_a_hand_made_frame():
     assert pareto_front(df.iloc[:0], "val_acc", "max").empty
 
 
-def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path):
-    study = tmp_path / "bare"
-    study.mkdir()
-    Leaderboard(study / "leaderboard.csv", "val_acc", "max").write()  # as a search starts
+def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path, tiny_parquet):
+    plan, _ = begun(tmp_path / "results", tiny_parquet, name="bare")  # as a search starts
+    study = plan.folder.path
+    plan.folder.record.unlink()  # a copy of the folder without its record
     (study / "final").mkdir()
     (study / "final" / "results.json").write_text(json.dumps({
         "config": {"lr": 0.01}, "seeds": [0, 1, 2], "test_acc": [0.9, 0.91, 0.92],
@@ -217,9 +205,9 @@ def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(tmp_path_factory, tiny_parquet):
     """Four trials: two completed, one stopped, one infeasible."""
-    return make_study(tmp_path_factory.mktemp("small"), n=4)
+    return make_study(tmp_path_factory.mktemp("small"), tiny_parquet, n=4)
 
 
 def test_too_few_trials_for_importances_says_why(small):

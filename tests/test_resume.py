@@ -18,7 +18,7 @@ from conftest import stored_study
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests/spaces/tiny.py"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def command(data, trials):

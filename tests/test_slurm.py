@@ -27,7 +27,7 @@ ENDED = {"completed", "stopped", "failed", "infeasible", "diverged", "oom"}
 # limit, 1 minute (60-90 s in all, 20-50 s of it starting Ray, the driver and the first trial).
 TRIALS = 60
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hpo.leaderboard import Leaderboard
-from hpo.space import load_space, random_configs
+from conftest import begun, write_trial
+from hpo import views
+from hpo.space import random_configs
 
 ROOT = Path(__file__).parents[1]
 
@@ -30,32 +31,30 @@ REASON = ("the net shrinks the 32×32 input to nothing before stage 5: stages=5 
 
 
 @pytest.fixture(scope="module")
-def wide_study(tmp_path_factory):
-    """A leaderboard as a CIFAR-10 search leaves it, built by hand: the space's starting
-    points and random configs (dozens of varying hyperparameters), Ray-style trial ids,
-    millions of parameters, a failed, an infeasible and a diverged trial."""
-    study = tmp_path_factory.mktemp("cli") / "cifar10"
-    study.mkdir()
-    space = load_space(ROOT / "spaces/cifar10.py")
+def wide_study(tmp_path_factory, tiny_parquet):
+    """A study's record as a CIFAR-10 search leaves it, written trial by trial: the space's
+    starting points and random configs (dozens of varying hyperparameters), millions of
+    parameters, a failed, an infeasible and a diverged trial; its views rebuilt from it."""
+    plan, record = begun(tmp_path_factory.mktemp("cli") / "results", tiny_parquet,
+                         space=ROOT / "spaces/cifar10.py")
+    space = plan.space
     configs = [space.point(p) for p in space.starting_points] + random_configs(space, 11)
-    board = Leaderboard(study / "leaderboard.csv", "val_acc", "max")
     values = [0.3535, 0.6123, 0.03332, 0.7071, 0.5, 0.4444, 0.2, 0.1, 0.6, 0.65, 0.55]
     for i, config in enumerate(configs):
-        tid = f"3f9a{i:02d}c2"
-        board.start(tid, config)
+        config = {**config, "epochs": 2}
         if i >= len(values):
             status, reason = [("infeasible", REASON), ("failed", "RuntimeError: worker died"),
                               ("diverged", "training loss became nan in epoch 2")][i - len(values)]
-            board.result(tid, {"epoch": 0, "status": status, "reason": reason})
-            board.finish(tid, status, reason)
+            write_trial(record, config, [{"epoch": 0, "status": status}], status=status,
+                        reason=reason)
             continue
-        for e in (1, 2):
-            board.result(tid, {"epoch": e, "val_acc": values[i] * e / 2, "img_per_s": 1234.5,
-                               "params": 15_438_986 if i == 1 else 62_006 + 1000 * i})
-        board.finish(tid)
-    board.rows["3f9a01c2"]["wall_s"] = 1234.5
-    board.write()
-    return study
+        seconds = 617.25 if i == 1 else 1.0
+        write_trial(record, config, [
+            {"epoch": e, "val_acc": values[i] * e / 2, "img_per_s": 1234.5, "t_start": e,
+             "t_end": e + seconds, "params": 15_438_986 if i == 1 else 62_006 + 1000 * i}
+            for e in (1, 2)])
+    views.rebuild(plan.folder, record)
+    return plan.folder.path
 
 
 @pytest.mark.parametrize("width", [80, 200])
@@ -73,7 +72,7 @@ def test_leaderboard_fits_the_terminal(wide_study, tmp_path, width):
     assert len(rows) == 10 and "14 trials, the top 10 shown" in " ".join(lines[:head])
     for rank, line in rows.items():
         row = board[board["rank"] == rank].iloc[0]
-        assert row["trial_id"] in line and row["status"] in line
+        assert f" {row['trial_id']} " in line and row["status"] in line
         if isinstance(row["point"], str):
             assert f" {row['point']} " in line  # whole, not cut short
     # one precision per column, thousands separators
@@ -88,8 +87,8 @@ def test_leaderboard_fits_the_terminal(wide_study, tmp_path, width):
     out = hpo("leaderboard", wide_study, "--top", "14", cwd=tmp_path, columns=width)
     assert max(map(len, out.stdout.splitlines())) <= width and "…" not in out.stdout
     text = " ".join(out.stdout.split())
-    assert f"trial 3f9a11c2 infeasible: {REASON}" in text
-    assert "trial 3f9a12c2 failed: RuntimeError: worker died" in text
+    assert f"trial 11 infeasible: {REASON}" in text
+    assert "trial 12 failed: RuntimeError: worker died" in text
     assert "trials below these" not in text
 
 
@@ -126,4 +125,4 @@ def test_leaderboard_csv_is_the_file_unformatted(wide_study, tmp_path):
     rows = list(csv.reader(io.StringIO(out.stdout)))
     assert rows[0] == ["rank", "trial_id", "point", "status", "val_acc", "best_epoch",
                        "params", "wall_s", "lr", "reason"]
-    assert len(rows) == 3 and rows[1][1] == "3f9a03c2" and "," not in rows[2][6]
+    assert len(rows) == 3 and rows[1][1] == "3" and "," not in rows[2][6]

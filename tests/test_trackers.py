@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def test_mlflow_has_a_run_per_trial_with_its_config_and_every_epoch(noisy_study):

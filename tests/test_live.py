@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from conftest import modules_loaded, run_in_terminal
-from hpo.progress import Progress, expected_epochs, makespan
+from hpo.estimate import expected_epochs, makespan
+from hpo.live import Progress
 
 ROOT = Path(__file__).parents[1]
 REASON = "the net shrinks the 32×32 input to nothing before stage 5, so no layer can follow it"
@@ -169,10 +170,10 @@ def test_a_trial_started_again_keeps_its_best():
 
 
 def test_progress_imports_no_ray():
-    assert "ray" not in modules_loaded("import hpo.progress")
+    assert "ray" not in modules_loaded("import hpo.live, hpo.capture, hpo.estimate")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_search_under_a_terminal_shows_trial_rows_and_time_left(tiny_parquet, tmp_path):
     screen = run_in_terminal([sys.executable, "-m", "hpo.cli", "search",
                               ROOT / "tests/spaces/tiny.py", "--data", tiny_parquet,
@@ -201,7 +202,7 @@ def screen_text(screen: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_nothing_from_ray_reaches_the_terminal_and_a_crash_is_one_line(noisy_study):
     cwd, folder, screen = noisy_study
     text = screen_text(screen)
@@ -232,7 +233,7 @@ def test_nothing_from_ray_reaches_the_terminal_and_a_crash_is_one_line(noisy_stu
 def test_output_goes_to_the_log_or_with_verbose_to_both(tmp_path):
     import logging
 
-    from hpo.progress import output_to
+    from hpo.capture import output_to
 
     def noisy(tag: str) -> None:
         print(f"{tag} print")  # Python's sys.stdout
