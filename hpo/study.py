@@ -126,7 +126,7 @@ def complete(plan: Plan, record, console=None) -> bool:
     if console is None:
         from rich.console import Console
 
-        console = Console()
+        console = Console(soft_wrap=True)
     console.print(f"{plan.folder.path}: this study is complete ({len(record.ended())} trials; "
                   "--trials N extends it, --fresh starts a new one)")
     return True

@@ -119,7 +119,7 @@ class StudyCallback(compat.DriverOnly, tune.Callback):
         self._ended(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial, compat.error_log(trial))
+        self._ended(trial, _shown(compat.error_log(trial)))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         line = self.error_line(trial.trial_id)
@@ -130,7 +130,7 @@ class StudyCallback(compat.DriverOnly, tune.Callback):
         if self.progress:
             attempt, attempts = compat.retries(trial)
             self.progress.trial_retried(str(trial.config["trial"]), line,
-                                        compat.error_log(trial), attempt, attempts)
+                                        _shown(compat.error_log(trial)), attempt, attempts)
 
     def on_step_end(self, iteration, trials, **info):
         self.refresh()
@@ -194,6 +194,13 @@ def _delete_checkpoints(latest: tune.Checkpoint) -> None:
             if info.type == pafs.FileType.Directory and info.base_name.startswith(
                     "checkpoint_"):
                 fs.delete_dir(info.path)
+
+
+def _shown(path: str) -> str:
+    """A file's path as the user best reads it: relative to where hpo runs, when below it."""
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(Path.cwd()))
+    return path
 
 
 def _config(trial) -> dict[str, Any]:
