@@ -6,7 +6,7 @@
     python bench/gpu.py --check [--data DIR]                   # prerequisites and the machine
 
 Each part runs the bench script or hpo command that measures its figures, as it would run by
-hand, in a process group of its own. A part that overruns its allowance is stopped (SIGTERM,
+hand, in a session of its own. A part that overruns its allowance is stopped (SIGTERM,
 which a search answers by saving what it has, then SIGKILL: its Ray, DataLoader workers and
 packed trials go with it); the JSON says so and the next part starts. The JSON is rewritten
 after every part, so a run killed from outside keeps whatever finished. No figure is ever
@@ -261,30 +261,39 @@ class Part:
 
 
 def _wait_or_stop(proc: subprocess.Popen, seconds: float, grace: float) -> bool:
-    """Wait for `proc`; past `seconds`, stop its process group (SIGTERM, SIGKILL after
-    `grace`). Whether it had to be stopped."""
+    """Wait for `proc`; past `seconds`, SIGTERM it (a search then saves what it has), and
+    SIGKILL its whole session `grace` seconds later. Whether it had to be stopped."""
     try:
         proc.wait(seconds)
         return False
     except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGTERM)
+        proc.terminate()
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            _kill_session(proc.pid)
             proc.wait()
         return True
     finally:
-        # what it left behind in its group; all of it when this process is interrupted, as
-        # Ctrl-C reaches no process of another session
-        _signal_group(proc, signal.SIGKILL)
+        # what it left behind (Ray's daemons and workers, DataLoader workers, packed trials,
+        # each maybe in a process group of its own); all of it when this process is
+        # interrupted, as Ctrl-C reaches no process of another session
+        _kill_session(proc.pid)
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the session `sid` (one that run_command started)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # the fields after the command's name, which may hold spaces and parentheses:
+            # state, ppid, pgrp, session
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
 
 
 def _read_last_line(log: Path) -> str:
@@ -722,6 +731,9 @@ def measure(args) -> int:
     for name in ("ray", "optuna"):  # the usual slip on a device machine, told at once
         if importlib.util.find_spec(name) is None:
             fail(f"{name} is not importable{KIT_HINT}")
+    # the parts run in sessions of their own, which a signal to this process does not reach:
+    # SIGTERM unwinds it like Ctrl-C, and stopping the running part's group on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = Run(args, work)
     print(f"bench/gpu.py: {run.budget} s budget; scratch folder {work}; figures -> {run.json}",
           flush=True)
