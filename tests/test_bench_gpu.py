@@ -111,6 +111,28 @@ def test_a_run_goes_before_the_not_measured_list_once(dry_run, tmp_path):
         gpu_rows.NOT_MEASURED)
 
 
+def test_what_only_a_gpu_run_records_renders_too(dry_run):
+    # the branches a CPU cannot reach, fed what a GPU run records there
+    record, _ = dry_run
+    record = json.loads(json.dumps(record))
+    record["machine"].update(gpu="NVIDIA H100 80GB HBM3", gpu_memory_gib=79.2, driver="580")
+    parts = record["parts"]
+    for run in parts["packing"]["figures"]["runs"]:
+        run["peak_mib"] = [1234.5] * run["k"]
+    parts["study"]["figures"].update(
+        packing_line="GPU memory 79 GiB; measured 7 configs (up to 3.1 GiB each): 7 at 4 per GPU",
+        trial_gpu_peak_gib=3.05, gpu_sampled={"util_mean_pct": 87.3, "samples": 180,
+                                              "window": "the search", "mem_used_max_mib": 14000,
+                                              "mem_total_mib": 81559})
+    section = gpu_rows.render_section(record)
+    assert "not rendered" not in section and "not measured" not in section
+    for text in ("NVIDIA H100 80GB HBM3 (79.2 GiB, driver 580)", "k=2: 1,234 1,234 MiB",
+                 "7 at 4 per GPU; largest trial peak 3.05 GiB; at most 14,000 of 81,559 MiB",
+                 "utilization.gpu (a kernel running, not SM occupancy) 87% on average over "
+                 "the search (180 samples)", "-lms 500` beside it"):
+        assert text in section, text
+
+
 def test_a_part_past_its_allowance_is_stopped_and_not_measured(tmp_path):
     # 10 s for a search: Ray alone takes longer to start, so it is stopped
     out = tmp_path / "short.json"
