@@ -19,8 +19,12 @@ def _explain_missing(part: dict, key: str | None = None) -> str:
         why = "the run was killed during this part"
     elif part.get("status") == "pending":
         why = "the run ended before this part"
+    elif part.get("why"):
+        why = part["why"]
+    elif part.get("status") == "done":
+        why = "its commands ended without leaving these figures"
     else:
-        why = part.get("why") or f"the part ended {part.get('status')}"
+        why = f"the part ended {part.get('status')}"
     return f"not measured ({why})"
 
 
