@@ -41,13 +41,16 @@ def machine(device: torch.device) -> str:
     """The GPU's name, or the CPU's model and the cores this process may use."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
+    return f"CPU {cpu_model()}, {len(os.sched_getaffinity(0))} cores"
+
+
+def cpu_model() -> str:
+    """The CPU's model as /proc/cpuinfo names it (else what the platform module says)."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return f"CPU {model}, {len(os.sched_getaffinity(0))} cores"
+        return platform.processor() or platform.machine()
 
 
 def warmup_slice(data: Dataset, images: int) -> Dataset:
