@@ -34,13 +34,11 @@ def searches(work: Path) -> list[list[tuple[dict, float]]]:
 
 
 def trial_configs(folder: Path) -> dict[str, dict]:
-    """An hpo study's complete config of every trial, by trial id, from its Optuna record."""
-    import optuna
+    """An hpo study's complete config of every trial, by trial id, from its record."""
+    from hpo.record import Record
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    record = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder}/study.db")
-    return {str(t.number): t.user_attrs["hpo_config"] for t in record.get_trials()
-            if "hpo_config" in t.user_attrs}
+    record = Record.load(f"sqlite:///{folder.resolve()}/study.db", folder.name)
+    return {str(t.number): t.config for t in record.real()}
 
 
 def _hpo(folder: Path) -> list[tuple[dict, float]]:

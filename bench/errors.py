@@ -1,8 +1,8 @@
-"""How long a mistake costs: `hpo --help` and every bad invocation of tests/test_cli.py's table
-(the README's troubleshooting table), each timed as a fresh process, the median of `--repeats`.
+"""How long a mistake costs: `hpo --help` and every bad invocation of tests/mistakes.py's table
+(the docs' troubleshooting page), each timed as a fresh process, the median of `--repeats`.
 
-It first makes what the table runs against: a small generated dataset and a finished 2-trial
-study of tests/spaces/tiny.py (about a minute), in a temporary folder.
+It first makes what the table runs against: a small generated dataset and a finished study of
+tests/spaces/tiny.py (about a minute), in a temporary folder.
 
     python bench/errors.py --json errors.json
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 from common import REPO, provenance
 
 sys.path.insert(0, str(REPO / "tests"))
-from test_cli import TINY, cases  # noqa: E402
+from mistakes import MISTAKES, Made  # noqa: E402
 
-from conftest import write_parquet_dataset  # noqa: E402
+from conftest import TINY, write_parquet_dataset  # noqa: E402
 
 
 def run(args, cwd) -> tuple[float, subprocess.CompletedProcess]:
@@ -46,13 +46,13 @@ def main() -> None:
         tmp = Path(tmp)
         os.environ["HPO_CACHE"] = str(tmp / "cache")
         data = write_parquet_dataset(tmp / "tiny")
-        _, made = run(["search", TINY, "--data", data, "--num-cpus", 2, "--trials", 2,
-                       "--max-epochs", 1], tmp)
+        _, made = run(["search", TINY, "--data", data, "--num-cpus", 2], tmp)
         if made.returncode:
             sys.exit(f"could not make the study: {made.stderr[-2000:]}")
         (tmp / "cases").mkdir()
         rows = []
-        for argv, *_ in [(["--help"], "")] + cases(tmp / "cases", data):
+        files = Made(tmp / "cases", data)
+        for argv in [["--help"]] + [m.args(files) for m in MISTAKES]:
             times = []
             for _ in range(args.repeats):
                 seconds, out = run(argv, tmp)

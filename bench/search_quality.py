@@ -9,7 +9,7 @@ all its trials, and a wall-clock cap; whichever is spent first ends the run.
     ray-random        random search + ASHAScheduler on Ray Tune
     optuna-hyperband  Optuna alone: TPE + HyperbandPruner, trials in threads of one process
     hpo:<sampler>[:<startup>]
-                      hpo with another of hpo.space.SAMPLERS and/or start-up trial count,
+                      hpo with another of hpo.registry.SAMPLERS and/or start-up trial count,
                       e.g. hpo:tpe-multivariate, hpo:gp, hpo:tpe:5
 
 For each method and seed: every epoch's validation accuracy in the order it was reached gives
@@ -43,8 +43,9 @@ from common import DEFAULT_DATA, REPO, provenance  # noqa: E402
 from dimensions import trial_configs  # noqa: E402
 
 from hpo.data import Dataset, load_dataset  # noqa: E402
-from hpo.space import SAMPLERS, Space, load_space  # noqa: E402
-from hpo.study import apply_options  # noqa: E402
+from hpo.plan import apply_budget  # noqa: E402
+from hpo.registry import SAMPLERS  # noqa: E402
+from hpo.space import Space, load_space  # noqa: E402
 
 BASELINES = ("ray-optuna", "ray-random", "optuna-hyperband")
 DEFAULT_METHODS = ("hpo", *BASELINES)
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     cpus = args.cpus or len(os.sched_getaffinity(0))
     device = torch.device("cuda" if args.gpus and torch.cuda.is_available() else "cpu")
 
-    space = apply_options(load_space(args.space), {"max_epochs": args.max_epochs,
-                                                   "grace_period": args.grace_period})
+    space = apply_budget(load_space(args.space), max_epochs=args.max_epochs,
+                         grace_period=args.grace_period)
     data = load_dataset(args.data, val_fraction=space.val_fraction, seed=0,
                         fraction=args.fraction, image_size=space.image_size,
                         channels=space.channels)
@@ -194,7 +195,8 @@ def search(method: str, seed: int, space: Space, args, data: Dataset, work: Path
 
 
 def search_hpo(method: str, seed: int, space: Space, args, work: Path, budget: dict) -> Run:
-    from hpo.tuning import SearchOptions, run_study
+    from hpo.options import SearchOptions
+    from hpo.study import run_study
 
     path = Path(args.space)
     parts = method.split(":")
@@ -207,7 +209,7 @@ def search_hpo(method: str, seed: int, space: Space, args, work: Path, budget: d
         data=args.data, trials=10_000, max_epochs=space.max_epochs,
         grace_period=space.grace_period, name=name, fraction=args.fraction, seed=seed,
         epoch_budget=budget["epochs"], time_budget=budget["seconds"], num_cpus=budget["cpus"],
-        gpus_per_trial=budget["gpus"] or None, results=work / "hpo", fresh=False)
+        gpus_per_trial=budget["gpus"] or None, results=str(work / "hpo"), fresh=False)
     from rich.console import Console
 
     t0 = time.time()
@@ -332,8 +334,8 @@ class _DefineByRun:
         return {"path": str(s.path), "max_epochs": s.max_epochs, "grace": s.grace_period}
 
     def __setstate__(self, state):
-        self.space = apply_options(load_space(state["path"]), {
-            "max_epochs": state["max_epochs"], "grace_period": state["grace"]})
+        self.space = apply_budget(load_space(state["path"]), max_epochs=state["max_epochs"],
+                                  grace_period=state["grace"])
 
 
 def _ray_trial(config: dict, data: Dataset) -> None:
@@ -408,7 +410,7 @@ def search_optuna(seed: int, space: Space, data: Dataset, budget: dict) -> Run:
 
 
 def _duplicates(configs: dict[str, dict]) -> int:
-    from hpo.tuning.searcher import config_key
+    from hpo.record import config_key
 
     keys = [config_key(c) for _, c in sorted(configs.items(), key=lambda kv: int(kv[0]))]
     return len(keys) - len(set(keys))

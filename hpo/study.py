@@ -172,9 +172,9 @@ def load_study_space(study: str | os.PathLike):
         if space.source != folder.space.read_text():
             raise SpaceError(f"{folder.path}: space.py does not load on its own and "
                              f"{original} has changed since the study") from None
-    options = meta.get("options") or {}
-    return apply_budget(space, meta.get("trials"), options.get("max_epochs"),
-                        options.get("grace_period"))
+    identity = meta.get("identity") or {}
+    return apply_budget(space, meta.get("trials"), identity.get("max_epochs"),
+                        identity.get("grace_period"))
 
 
 def load_study_data(study: str | os.PathLike, data: str | None = None,
@@ -203,8 +203,10 @@ def load_study_data(study: str | os.PathLike, data: str | None = None,
 
 def run_entry(plan: Plan) -> dict[str, Any]:
     """What the record keeps of one run of a study, as it starts."""
+    options = {**_jsonable(check(plan.options)), "max_epochs": plan.space.max_epochs,
+               "grace_period": plan.space.grace_period, "trials": plan.space.trials}
     return {"started": now(), "host": socket.gethostname(), "pid": os.getpid(),
-            "trials": plan.space.trials, "options": _jsonable(check(plan.options))}
+            "trials": plan.space.trials, "options": options}
 
 
 def _jsonable(options) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from hpo.record import (
     DUPLICATE,
     EPOCH_FIELDS,
     IDENTITY,
-    OPTIONS,
     REJECTED,
     RUNS,
     SPACE,
@@ -69,7 +68,7 @@ def summary(record: Record) -> dict[str, Any]:
     out = {
         "identity": meta.get(IDENTITY), "trials": meta.get(TRIALS),
         "space": meta[SPACE].get("path"), "data": meta.get(DATA),
-        "record": masked(record.url), "options": meta.get(OPTIONS, {}),
+        "record": masked(record.url), "options": last.get("options", {}),
         "counts": dict(Counter(str(t.status) for t in trials)),
         "rejected": record.count(REJECTED), "duplicates": record.count(DUPLICATE),
         "best": best and {"trial_id": best.number, metric: best.best(metric, mode)[0]},

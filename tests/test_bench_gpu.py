@@ -25,7 +25,7 @@ try:
 finally:
     sys.path.remove(str(REPO / "bench"))
 
-pytestmark = [pytest.mark.bench, pytest.mark.slow]
+pytestmark = pytest.mark.bench
 
 
 def run_gpu(*args: str, tmp_path: Path, timeout: float) -> subprocess.CompletedProcess:
