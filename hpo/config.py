@@ -20,10 +20,11 @@ MAX_DENSE = 3
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: its default and the values it allows."""
+    """One config key: its default, the values it allows, and what it means."""
 
     default: Any
     allowed: Allowed
+    help: str = ""
 
     def check(self, name: str, value: Any) -> None:
         """Raise ConfigError naming `name` when `value` is not allowed."""
@@ -35,80 +36,89 @@ class Key:
         return self.allowed.choices if isinstance(self.allowed, OneOf) else None
 
 
-def _int(default, low, high):
-    return Key(default, Range(low, high, whole=True))
+def _int(default, low, high, help=""):
+    return Key(default, Range(low, high, whole=True), help)
 
 
-def _float(default, low, high, positive=False):
-    return Key(default, Range(low, high, low_open=positive))
+def _float(default, low, high, help="", positive=False):
+    return Key(default, Range(low, high, low_open=positive), help)
 
 
-def _one_of(default, choices):
-    return Key(default, OneOf(tuple(choices)))
+def _one_of(default, choices, help=""):
+    return Key(default, OneOf(tuple(choices)), help)
 
 
-def _flag(default):
-    return Key(default, BOOL)
+def _flag(default, help=""):
+    return Key(default, BOOL, help)
 
 
 # Keys with '#' stand for one key per stage (1..MAX_STAGES) or dense layer (1..MAX_DENSE).
 SCHEMA: dict[str, Key] = {
     # run
-    "epochs": _int(10, 1, 1000),
-    "batch_size": _int(256, 1, 8192),
-    "seed": _int(0, 0, 2**31 - 1),
+    "epochs": _int(10, 1, 1000, "epochs of the trial (a space's max_epochs caps it)"),
+    "batch_size": _int(256, 1, 8192, "images per optimisation step"),
+    "seed": _int(0, 0, 2**31 - 1, "seed of the weights, batches, augmentation and dropout"),
     # architecture: stages of convs, each stage optionally pooled
-    "stages": _int(3, 1, MAX_STAGES),
-    "convs_#": _int(2, 1, 3),
-    "width": _int(64, 1, 2048),  # channels of stage 1 when width_# is absent
-    "growth": _float(2.0, 1.0, 4.0),  # width of stage s = width * growth**(s-1)
-    "width_#": _int(64, 1, 4096),  # explicit stage width; overrides width/growth
-    "width_#_#": _int(64, 1, 4096),  # explicit width of one conv of one stage
-    "kernel": _one_of(3, (3, 5)),
-    "padding": _one_of("same", ("same", "valid")),
-    "pool": _one_of("max", ("max", "avg", "conv")),
-    "pool_last": _flag(True),
-    "activation": _one_of("relu", ACTIVATIONS),
-    "bn": _one_of("before", ("none", "before", "after")),  # relative to the activation
-    "residual": _flag(False),
-    "conv_bias": _flag(True),
-    "dropout_#": _float(0.0, 0.0, 0.6),  # after stage #
-    "head": _one_of("gap", ("gap", "flatten")),
-    "dense_layers": _int(0, 0, MAX_DENSE),
-    "dense_#": _int(256, 1, 8192),
-    "dense_bn": _flag(False),
-    "dropout_head": _float(0.0, 0.0, 0.6),  # after each dense layer
+    "stages": _int(3, 1, MAX_STAGES, "stages of convolutions, each pooled after"),
+    "convs_#": _int(2, 1, 3, "convolutions in stage #"),
+    "width": _int(64, 1, 2048, "channels of stage 1 when width_# is absent"),
+    "growth": _float(2.0, 1.0, 4.0, "width of stage s = width * growth**(s-1)"),
+    "width_#": _int(64, 1, 4096, "channels of stage #; overrides width and growth"),
+    "width_#_#": _int(64, 1, 4096, "channels of one convolution of one stage"),
+    "kernel": _one_of(3, (3, 5), "side of every convolution's kernel"),
+    "padding": _one_of("same", ("same", "valid"), "same keeps the size, valid shrinks it"),
+    "pool": _one_of("max", ("max", "avg", "conv"), "how a stage halves the size "
+                    "(conv: a learned 3x3 stride-2 convolution)"),
+    "pool_last": _flag(True, "pool after the last stage too"),
+    "activation": _one_of("relu", ACTIVATIONS, "the nonlinearity after each convolution"),
+    "bn": _one_of("before", ("none", "before", "after"), "BatchNorm before or after the "
+                  "activation, or none"),
+    "residual": _flag(False, "a skip connection around each stage"),
+    "conv_bias": _flag(True, "convolutions have a bias"),
+    "dropout_#": _float(0.0, 0.0, 0.6, "dropout after stage #"),
+    "head": _one_of("gap", ("gap", "flatten"), "global average pooling, or flatten, before "
+                    "the dense layers"),
+    "dense_layers": _int(0, 0, MAX_DENSE, "dense layers before the output layer"),
+    "dense_#": _int(256, 1, 8192, "units of dense layer #"),
+    "dense_bn": _flag(False, "BatchNorm in the dense layers too (where bn puts it)"),
+    "dropout_head": _float(0.0, 0.0, 0.6, "dropout after each dense layer"),
     # a pretrained torchvision network in place of the stages above (hpo/backbone.py)
-    "backbone": _one_of("none", ("none", *BACKBONES)),
-    "pretrained": _flag(True),  # ImageNet weights, else a random start
-    "cut": _int(BACKBONE_STAGES, 1, BACKBONE_STAGES),  # stages kept, from the input
-    "frozen": _int(BACKBONE_STAGES, 0, BACKBONE_STAGES),  # stages frozen; >= cut: all
-    "backbone_lr": _float(1.0, 0.0, 10.0, positive=True),  # x lr for its unfrozen stages
-    "input_size": _int(0, 0, 1024),  # images resized on the device per batch; 0: as decoded
+    "backbone": _one_of("none", ("none", *BACKBONES), "a torchvision network in place of "
+                        "the stages (none: hpo's own)"),
+    "pretrained": _flag(True, "start from its ImageNet weights, else a random start"),
+    "cut": _int(BACKBONE_STAGES, 1, BACKBONE_STAGES, "stages of the backbone kept, from the "
+                "input"),
+    "frozen": _int(BACKBONE_STAGES, 0, BACKBONE_STAGES, "stages frozen, from the input; "
+                   ">= cut: all"),
+    "backbone_lr": _float(1.0, 0.0, 10.0, "learning rate of its unfrozen stages, times lr",
+                          positive=True),
+    "input_size": _int(0, 0, 1024, "images resized to this on the device, a batch at a time "
+                       "(0: as decoded)"),
     # augmentation, applied per sample on the device; 0 or False means off
-    "aug_flip": _flag(False),
-    "aug_crop": _int(0, 0, 16),  # pixels of padding before the random crop
-    "aug_rotate": _float(0.0, 0.0, 180.0),  # degrees, uniform in +-
-    "aug_zoom": _float(0.0, 0.0, 0.9),  # scale uniform in [1-z, 1+z]
-    "aug_shear": _float(0.0, 0.0, 60.0),  # degrees
-    "aug_cutout": _int(0, 0, 64),  # side of the erased square, pixels
-    "aug_brightness": _float(0.0, 0.0, 1.0),
-    "aug_contrast": _float(0.0, 0.0, 1.0),
-    "normalize": _flag(True),  # per-channel mean/std of the training split
+    "aug_flip": _flag(False, "random horizontal flips"),
+    "aug_crop": _int(0, 0, 16, "pixels of padding before a random crop (0: off)"),
+    "aug_rotate": _float(0.0, 0.0, 180.0, "degrees of random rotation, either way"),
+    "aug_zoom": _float(0.0, 0.0, 0.9, "random scale in [1-z, 1+z]"),
+    "aug_shear": _float(0.0, 0.0, 60.0, "degrees of random shear"),
+    "aug_cutout": _int(0, 0, 64, "side of a random square erased, pixels"),
+    "aug_brightness": _float(0.0, 0.0, 1.0, "random brightness change, up to this"),
+    "aug_contrast": _float(0.0, 0.0, 1.0, "random contrast change, up to this"),
+    "normalize": _flag(True, "per-channel mean/std of the training split"),
     # optimisation
-    "optimizer": _one_of("sgd", OPTIMIZERS),
-    "lr": _float(0.05, 0.0, 10.0, positive=True),
-    "momentum": _float(0.9, 0.0, 0.999),  # sgd and rmsprop
-    "nesterov": _flag(False),  # sgd with momentum > 0
-    "weight_decay": _float(0.0, 0.0, 0.1),
-    "label_smoothing": _float(0.0, 0.0, 0.5),
+    "optimizer": _one_of("sgd", OPTIMIZERS, "the optimizer (hpo.registry.OPTIMIZERS)"),
+    "lr": _float(0.05, 0.0, 10.0, "learning rate", positive=True),
+    "momentum": _float(0.9, 0.0, 0.999, "momentum of sgd and rmsprop"),
+    "nesterov": _flag(False, "Nesterov momentum (sgd with momentum > 0)"),
+    "weight_decay": _float(0.0, 0.0, 0.1, "L2 weight decay"),
+    "label_smoothing": _float(0.0, 0.0, 0.5, "label smoothing of the cross-entropy"),
     # learning-rate schedule, stepped per batch (plateau: per epoch on val_loss)
-    "schedule": _one_of("constant", SCHEDULES),
-    "warmup_epochs": _float(0.0, 0.0, 100.0),
-    "step_every": _int(10, 1, 1000),  # epochs between decays of the step schedule
-    "step_gamma": _float(0.1, 0.0, 1.0, positive=True),
-    "plateau_patience": _int(5, 0, 1000),
-    "plateau_factor": _float(0.1, 0.0, 1.0, positive=True),
+    "schedule": _one_of("constant", SCHEDULES, "the learning rate's shape over the epochs "
+                        "(plateau: cut when val_loss stops falling)"),
+    "warmup_epochs": _float(0.0, 0.0, 100.0, "epochs of linear warmup first"),
+    "step_every": _int(10, 1, 1000, "epochs between decays of the step schedule"),
+    "step_gamma": _float(0.1, 0.0, 1.0, "factor of each step decay", positive=True),
+    "plateau_patience": _int(5, 0, 1000, "epochs without improvement before plateau cuts"),
+    "plateau_factor": _float(0.1, 0.0, 1.0, "factor of each plateau cut", positive=True),
 }
 
 # Keys a config may carry that no trial reads: the starting point's name.
