@@ -6,6 +6,11 @@ scripts (hpo.api), and the parts a trial is made of. They load on first use, so 
 """
 
 import importlib
+import warnings
+
+# Optuna loads tqdm.auto, which in a notebook without ipywidgets warns that it cannot draw the
+# progress bars hpo never asks it for
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 _HOMES = {"search": "hpo.api", "load": "hpo.api", "Study": "hpo.api",
           "Dataset": "hpo.data", "load_dataset": "hpo.data",
