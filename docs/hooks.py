@@ -30,11 +30,30 @@ PLACEHOLDER = re.compile(r"^[ \t]*<!--\s*hpo:(?P<name>[\w-]+)(?:[ \t]+(?P<arg>[^
 STARTS = re.compile(r"^[ \t]*<!--\s*hpo:", re.MULTILINE)
 
 
+class Unknown(Exception):
+    """A placeholder's argument names no table."""
+
+
 # -- Markdown ----------------------------------------------------------------------------------
+CODE_SPAN = re.compile(r"(`+).+?\1")
+
+
 def cell(value: Any) -> str:
-    """One table cell: on one line, its pipes escaped."""
-    text = "" if value is None else str(value)
-    return " ".join(text.split()).replace("|", "\\|")
+    """One table cell: on one line, its pipes escaped. A pipe inside inline code stays as it
+    is: Python-Markdown's tables do not split a cell there, and would show a backslash."""
+    text = " ".join(("" if value is None else str(value)).split())
+    out, at = [], 0
+    for span in CODE_SPAN.finditer(text):
+        out += [plain(text[at:span.start()]), span.group()]
+        at = span.end()
+    return "".join(out) + plain(text[at:])
+
+
+def plain(text: str) -> str:
+    """Text shown as it is written: `results/<study>` is no HTML tag, `width * growth**(s-1)`
+    no emphasis, and a pipe does not end the cell."""
+    text = re.sub(r"([\\*_\[\]|])", r"\\\1", text)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def code(value: Any) -> str:
@@ -55,30 +74,27 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def shown(value: Any) -> str:
     """A Python default as the docs show it: inline code, strings without quotes."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return code(value)
+    return "" if value is None else code(value)
 
 
 # -- the tables -------------------------------------------------------------------------------
 def options(command: str | None) -> str:
     """`hpo search` and `hpo train`: hpo.options.describe of their declarations; the other
     commands: their argparse parser (hpo.cli.build_parser)."""
-    from hpo.options import SearchOptions, TrainOptions, describe
+    from hpo.options import RUN, SearchOptions, TrainOptions, declared, describe
 
-    declared = {"search": SearchOptions, "train": TrainOptions}
-    if command in declared:
-        rows = describe(declared[command])
-        resume = any(r["on a resume"] != "this run only" for r in rows)
+    classes = {"search": SearchOptions, "train": TrainOptions}
+    if command in classes:
+        rows = describe(classes[command])
+        # the column only where some option is more than this run's (hpo train's are not)
+        resume = any(o.resume != RUN for _, o in declared(classes[command]).values())
         header = ["option", "values", "default", *(["on a resume"] if resume else []), "help"]
         return table(header, [[code(r["option"]), r["values"], code(r["default"]),
                                *([r["on a resume"]] if resume else []), r["help"]]
                               for r in rows])
     parser = subcommands().get(command or "")
     if parser is None:
-        raise KeyError(f"no command {command!r} (hpo has: {', '.join(subcommands())})")
+        raise Unknown(f"no command {command!r} (hpo has: {', '.join(subcommands())})")
     rows = []
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
@@ -101,8 +117,9 @@ def values_of(action: argparse.Action) -> str:
     for cell_ in getattr(action.type, "__closure__", None) or ():
         if isinstance(cell_.cell_contents, Allowed):
             return cell_.cell_contents.describe()
-    what = action.metavar or ("text" if action.option_strings else action.dest.upper())
-    return f"{what} ..." if action.nargs in ("+", "*") else what
+    if not action.option_strings:
+        return "one or more, positional" if action.nargs in ("+", "*") else "positional"
+    return action.metavar or "text"
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -127,18 +144,17 @@ def commands(_: None) -> str:
 
 
 def resume(_: None) -> str:
-    """The options a resume compares (identity) or keeps (sticky), from their declarations."""
-    from hpo.options import IDENTITY, STICKY, SearchOptions, declared, flag
+    """The options of `hpo search` a resume compares (identity) or keeps (sticky), from their
+    declarations; every other option is this run's only."""
+    from hpo.options import RUN, SearchOptions, declared, describe
 
-    rule = {IDENTITY: "part of the study's identity: recorded by its first run; left out, the "
-                      "recorded value is taken; a different value is refused",
-            STICKY: "recorded; left out, the recorded value is kept; a new value replaces it"}
-    rows = [[code(flag(name)), rule[o.resume]] for name, (_, o) in
-            declared(SearchOptions).items() if o.resume in rule]
-    return table(["option", "on a resume"], rows)
+    rows = zip(declared(SearchOptions).values(), describe(SearchOptions))
+    return table(["option", "on a resume", "help"],
+                 [[code(r["option"]), r["on a resume"], r["help"]]
+                  for (_, o), r in rows if o.resume != RUN])
 
 
-def config(_: None) -> str:
+def schema(_: None) -> str:
     """hpo.config.SCHEMA: every config key, its default, what it allows and means."""
     from hpo.config import SCHEMA
 
@@ -195,7 +211,8 @@ def names(which: str | None) -> str:
             [[code(n), code(f"torch.nn.{c}")] for n, c in r.ACTIVATIONS.items()]),
         "backbones": lambda: table(
             ["backbone", "weights file", "fetched from"],
-            [[code(n), code(b.url.rsplit("/", 1)[-1]), b.url] for n, b in r.BACKBONES.items()]),
+            [[code(n), code(b.url.rsplit("/", 1)[-1]), code(b.url)]
+             for n, b in r.BACKBONES.items()]),
         "samplers": lambda: table(
             ["sampler", "what it does", "Optuna sampler"],
             [[code(n), s.description, code(f"optuna.samplers.{s.optuna_class}")]
@@ -212,7 +229,7 @@ def names(which: str | None) -> str:
              for n, t in r.TRACKERS.items()]),
     }
     if which not in tables:
-        raise KeyError(f"no table {which!r} (hpo.registry's: {', '.join(tables)})")
+        raise Unknown(f"no table {which!r} (hpo.registry's: {', '.join(tables)})")
     return tables[which]()
 
 
@@ -227,7 +244,7 @@ def statuses(_: None) -> str:
     return table(["status", "meaning"], [[code(s.value), s.meaning] for s in Status])
 
 
-def files(_: None) -> str:
+def folder_files(_: None) -> str:
     """hpo.folder.FILES: what each file of a study folder holds."""
     from hpo.folder import FILES
 
@@ -241,8 +258,18 @@ def mistakes(_: None) -> str:
         sys.path.insert(0, tests)
     from mistakes import MISTAKES
 
-    return table(["you typed", "hpo says (`hpo: error: ...`)"],
-                 [[code(m.typed), code(m.says)] for m in MISTAKES])
+    return table(["you typed", "hpo's one line contains"],
+                 [[typed(m.typed), code(m.says)] for m in MISTAKES])
+
+
+def typed(text: str) -> str:
+    """A command as tests/mistakes.py writes it, `hpo search s.py --data cut (a truncated
+    Parquet file)` or `hpo search s.py with dimensions[...] = 1.5`: the command as code, the
+    words around it as words."""
+    note = re.fullmatch(r"(.*?) \((.*)\)", text)
+    command, note = (note[1], f" ({note[2]})") if note else (text, "")
+    command, _, changed = command.partition(" with ")
+    return code(command) + (f" with {code(changed)}" if changed else "") + plain(note)
 
 
 def benchmarks(_: None) -> str:
@@ -251,9 +278,9 @@ def benchmarks(_: None) -> str:
 
 
 TABLES: dict[str, Callable[[str | None], str]] = {
-    "options": options, "commands": commands, "resume": resume, "config": config,
+    "options": options, "commands": commands, "resume": resume, "config": schema,
     "settings": settings, "primitives": primitives, "names": names, "statuses": statuses,
-    "files": files, "mistakes": mistakes, "benchmarks": benchmarks,
+    "files": folder_files, "mistakes": mistakes, "benchmarks": benchmarks,
 }
 WITH_ARGUMENT = {"options", "names"}
 
@@ -267,7 +294,7 @@ def render(name: str, arg: str | None, where: str) -> str:
             "needs an argument" if arg is None else f"takes no argument, got {arg!r}"))
     try:
         return TABLES[name](arg)
-    except KeyError as exc:
+    except Unknown as exc:
         raise PluginError(f"{where}: placeholder hpo:{name} {arg}: {exc.args[0]}") from None
 
 
