@@ -46,22 +46,26 @@ def output_to(log_path: Path, console: Console | None = None, verbose: bool = Fa
     try:
         yield console
     finally:
-        stream.flush()
-        # handlers made meanwhile (a library imported in the block) write to `stream` too
-        _point_handlers({stream}, streams[1])
-        for handler, before in handlers:
-            handler.setStream(before)
+        # the terminal comes back first, whatever else fails: on a full disk the log takes
+        # no more (a flush raises), and what went wrong must still reach the user
         sys.stdout, sys.stderr = streams
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         for fd in (saved_out, saved_err):
             os.close(fd)
-        stream.close()
+        # handlers made meanwhile (a library imported in the block) write to `stream` too
+        _point_handlers({stream}, streams[1])
+        for handler, before in handlers:
+            with contextlib.suppress(OSError):  # setStream flushes the log's stream
+                handler.setStream(before)
+        with contextlib.suppress(OSError):
+            stream.close()
         if echo:
             os.close(target)
             echo.stop()
         else:
-            log.close()
+            with contextlib.suppress(OSError):
+                log.close()
         if terminal:
             terminal.close()
 
@@ -76,7 +80,10 @@ def _point_handlers(streams: set, stream) -> list[tuple[logging.StreamHandler, A
         if (isinstance(handler, logging.StreamHandler)
                 and not isinstance(handler, logging.FileHandler)
                 and any(handler.stream is s for s in streams if s is not None)):
-            moved.append((handler, handler.setStream(stream)))
+            before = handler.stream
+            with contextlib.suppress(OSError):  # setStream flushes the stream it replaces
+                handler.setStream(stream)
+            moved.append((handler, before))
     return moved
 
 

@@ -31,6 +31,7 @@ from, and retries a storage that stops answering (a database restarting, a netwo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -301,6 +302,12 @@ class Record:
         self.trials[trial.number] = TrialRecord(trial.number, "", TrialState.RUNNING, None, {})
         return trial
 
+    def draw(self, trial: optuna.trial.Trial, sample: Callable[[Any], dict[str, Any]]
+             ) -> dict[str, Any]:
+        """`sample(trial)`: the sampler's draw of a config, its suggestions stored as it goes
+        (a retry suggests again what was stored: Optuna returns the values it holds)."""
+        return self._retry(lambda: sample(trial))
+
     def start(self, number: int, config: dict[str, Any]) -> None:
         """A draw becomes a trial that runs `config`."""
         self._retry(lambda: self._set(number, CONFIG, config))
@@ -447,16 +454,20 @@ class Record:
                         f"{masked(self.url)}: the study's record could not be written for "
                         f"{self.timeout:g} s ({_first_line(exc)})") from None
                 if not told:
-                    self.notify(f"the study's record at {masked(self.url)} does not answer "
-                                f"({_first_line(exc)}); retrying for up to {self.timeout:g} s")
+                    self._say(f"the study's record at {masked(self.url)} does not answer "
+                              f"({_first_line(exc)}); retrying for up to {self.timeout:g} s")
                     told = True
                 time.sleep(min(pause, max(0.0, self.timeout - waited)))
                 pause = min(pause * 2, 8.0)
                 continue
             if told:
-                self.notify(f"the study's record answers again after "
-                            f"{time.monotonic() - t0:.0f} s")
+                self._say(f"the study's record answers again after "
+                          f"{time.monotonic() - t0:.0f} s")
             return result
+
+    def _say(self, line: str) -> None:
+        with contextlib.suppress(OSError):  # where it goes may be the full disk
+            self.notify(line)
 
 
 def _reported(t: TrialRecord) -> list[int]:
@@ -471,6 +482,10 @@ def _plain(value: Any) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    """An exception's first line, without SQLAlchemy's '(Background on this error ...)'."""
+    """What the database said, in one line: the error at the root of the chain (Optuna's own
+    wraps it in a guess about "invalid data in the commit"), without SQLAlchemy's
+    '(Background on this error ...)'."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
     text = str(getattr(exc, "orig", None) or exc).strip()
     return (text.splitlines() or [type(exc).__name__])[0][:200]

@@ -61,6 +61,8 @@ def run_search(plan: Plan, record: Record, data: Dataset, console: Console,
     the space's draws are almost all infeasible.
     """
     space, options, folder = plan.space, plan.options, plan.folder
+    # the record's word on a storage that stops answering goes where the user looks
+    record.notify = lambda line: console.print(line, markup=False, highlight=False)
     t_ray = time.time()
     _connect(options)
     t_ray = time.time() - t_ray

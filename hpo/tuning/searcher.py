@@ -81,7 +81,7 @@ class StudySearcher(DriverOnly, Searcher):
             return Searcher.FINISHED
         while True:
             trial = self.record.ask()
-            config = self.space.sample(trial)
+            config = self.record.draw(trial, self.space.sample)
             original = self._seen.get(config_key(config))
             if original is not None:
                 self.duplicates += 1
