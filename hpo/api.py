@@ -30,16 +30,16 @@ if TYPE_CHECKING:
 
 def search(space: str | os.PathLike, **options: Any) -> Study:
     """Run the study of the space file `space`, or continue it, exactly as `hpo search`
-    does: the same folder (results/<study>), lock, resume and files. The keyword arguments
-    are hpo.tuning.SearchOptions' fields, the command line's options with underscores
+    does: the same folder (`results/<study>`), lock, resume and files. The keyword arguments
+    are `hpo.options.SearchOptions`' fields, the command line's options with underscores
     (data=, trials=, max_epochs=, fraction=, name=, fresh=, num_cpus=, log=("mlflow",),
-    verbose=, ...; time_budget= is in seconds). Returns the Study.
+    verbose=, ...; time_budget= and node_wait= are in seconds). Returns the Study.
 
     Raises an hpo.errors.HpoError (a ValueError) with the command line's one-line message
     for a bad value, file or study, before anything is written; TypeError for an unknown
     keyword; KeyboardInterrupt after the notebook's Stop (or Ctrl-C), once everything is saved
     (the same call continues the study). In Jupyter the live view is the cell's output; Ray's
-    output goes to results/<study>/ray.log.
+    output goes to `results/<study>/ray.log`.
     """
     from hpo.options import SearchOptions, from_keywords
     from hpo.study import run_study
@@ -52,7 +52,7 @@ def search(space: str | os.PathLike, **options: Any) -> Study:
 
 
 def load(folder: str | os.PathLike) -> Study:
-    """Open the study in `folder` (results/<study>), finished or running. Reading it takes
+    """Open the study in `folder` (`results/<study>`), finished or running. Reading it takes
     no lock: a Study reads the files a running search replaces whole."""
     return Study(folder)
 
@@ -75,12 +75,12 @@ class Study:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """study.json: identity, options, runs, timings (results/README.md)."""
+        """study.json: identity, options, runs, timings (docs/reference/study-folder.md)."""
         return read_meta(self.folder)
 
     @property
     def leaderboard(self) -> pd.DataFrame:
-        """One row per trial, best first (README, "Reading the leaderboard")."""
+        """One row per trial, best first (docs/guide/leaderboard.md)."""
         from hpo.leaderboard import read_leaderboard
 
         return read_leaderboard(self.folder)
@@ -108,7 +108,7 @@ class Study:
               weights_dir: str | os.PathLike | None = None, console=None) -> dict[str, Any]:
         """`hpo train`: retrain the best config (or each starting point named in `points`)
         on train + validation for its full epochs, once per seed 0..seeds-1, and test each
-        model once. Writes <study>/final/ (or `out`) and returns its results.json: the best's
+        model once. Writes `<study>/final/` (or `out`) and returns its results.json: the best's
         summary at the top, starting points' under "starting_points". `data` and `fraction`
         override the study's (e.g. the full data after a search on a fraction);
         `weights_dir` is where pretrained backbones' weights are (hpo.weights)."""
@@ -125,7 +125,7 @@ class Study:
         return train(options, console or _notebook_text_console())
 
     def report(self, show: bool = True) -> Path:
-        """`hpo report`: write <study>/report.html and return its path; in a notebook (with
+        """`hpo report`: write `<study>/report.html` and return its path; in a notebook (with
         `show`) the page is shown in the cell too (it is self-contained)."""
         from hpo.report import write_report
 

@@ -37,7 +37,7 @@ class SpaceError(HpoError):
 
 
 class DataError(HpoError):
-    """A dataset that cannot be used; the message is one line: "<path>: <problem>"."""
+    """A dataset that cannot be used; the message is one line: `<path>: <problem>`."""
 
 
 class WeightsError(HpoError):

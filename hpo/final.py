@@ -1,7 +1,7 @@
 """The final model: retrain one config on train + validation with several seeds, test each once.
 
 A search chooses on validation; only this step reads the test split, once per seed, so the
-figure it prints is an honest estimate. Results go to <study>/final/. `train` is `hpo train`
+figure it prints is an honest estimate. Results go to `<study>/final/`. `train` is `hpo train`
 and `Study.train` both: it checks what it is given before torch is imported.
 """
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def train(options: TrainOptions, console: Console | None = None) -> dict[str, Any]:
     """`hpo train`: retrain a study's best config (or each of its starting points named in
     `options.point`), or a config file's, on train + validation for its full epochs, once per
-    seed 0..seeds-1, and test each model once. Writes <study>/final/ (or `out`) and returns
+    seed 0..seeds-1, and test each model once. Writes `<study>/final/` (or `out`) and returns
     its results.json. Raises an HpoError (one line) before anything starts for a target,
     point, data path, weights file or output folder it cannot use."""
     options = check(options)

@@ -120,8 +120,9 @@ def read_leaderboard(study: str | Path) -> pd.DataFrame:
         return board
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # pandas' parser errors too
         raise StudyError(f"{path}: cannot be read ({str(exc).strip().splitlines()[0]}); "
-                         f"`hpo leaderboard {path.parent}` rebuilds it from the study's "
-                         "record") from None
+                         "the study's record rebuilds it: `hpo leaderboard "
+                         f"{path.parent}` where the record is its study.db, the study's "
+                         "`hpo search` where it is in a --storage database") from None
 
 
 def config_at_rank(study: str | Path, rank: int = 1) -> dict[str, Any]:

@@ -291,9 +291,13 @@ def _help(f: dataclasses.Field, o: Option) -> str:
     default = f.default if o.fallback is None else o.fallback
     if isinstance(default, (bool, tuple)) or default is None:
         return o.help
-    shown = default / o.scale if o.scale != 1 else default
-    return f"{o.help} (default {shown:g})" if isinstance(shown, float) else \
-        f"{o.help} (default {shown})"
+    return f"{o.help} (default {_shown(default, o)})"
+
+
+def _shown(default: Any, o: Option) -> str:
+    """A default as the command line takes it: in its unit, 120 rather than 120.0."""
+    value = default / o.scale if o.scale != 1 else default
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def describe(cls) -> list[dict[str, str]]:
@@ -302,13 +306,11 @@ def describe(cls) -> list[dict[str, str]]:
     rows = []
     for name, (f, o) in declared(cls).items():
         default = f.default if o.fallback is None else o.fallback
-        if o.scale != 1 and isinstance(default, (int, float)):
-            default = f"{default / o.scale:g}"
         rows.append({"option": name if o.positional else flag(name),
                      "values": o.allowed.describe() if o.allowed else
                      "flag" if isinstance(f.default, bool) else (o.metavar or "text"),
                      "default": "" if default is None or default is False or default == ()
-                     else str(default),
+                     else _shown(default, o),
                      "on a resume": {IDENTITY: "must match", STICKY: "kept unless given",
                                      RUN: "this run only"}[o.resume],
                      "help": o.help})

@@ -46,7 +46,7 @@ def reference(study: Path, final: bool = False) -> tuple[np.ndarray, np.ndarray]
     else:
         config, weights = read_config(study / "best.json"), study / "best.pt"
     dev = to_device(data.train_and_val() if final else data, torch.device("cpu"))
-    # built without the ImageNet file, as the README says: best.pt holds every weight
+    # built without the ImageNet file, as docs/guide/model.md says: best.pt holds every weight
     model = build_model({**config, "pretrained": False}, data.image_shape, data.num_classes)
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()

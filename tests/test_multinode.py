@@ -207,3 +207,19 @@ def test_search_survives_losing_a_node(cluster, tiny_parquet, tmp_path):
     assert states["COMPLETE"] == counts["completed"], (states, counts)
     assert states["PRUNED"] == counts["stopped"], (states, counts)
     assert states["FAIL"] == trials - counts["completed"] - counts["stopped"], (states, counts)
+
+
+def test_a_trial_no_node_can_take_is_awaited_then_given_up_in_one_line(cluster, tmp_path,
+                                                                        tiny_parquet):
+    # every node has 1 CPU: a trial of 2 never fits, unless an autoscaler adds a node
+    done = subprocess.run(
+        [sys.executable, "-m", "hpo.cli", "search", str(TINY), "--data", str(tiny_parquet),
+         "--address", cluster.address, "--cpus-per-trial", "2", "--node-wait", "0.1"],
+        cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=SEARCH_TIMEOUT)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(err) == 1, done.stderr[-2000:]
+    assert "no node of the cluster offers 2 CPU for a trial, and none was added in 0.1 min " \
+        "(--node-wait)" in err[0]
+    # it said what it waited for, and no run was recorded: nothing started
+    assert "waiting up to 0.1 min for the autoscaler to add one" in done.stdout
+    assert json.loads((tmp_path / "results/tiny/study.json").read_text())["runs"] == []

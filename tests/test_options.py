@@ -89,7 +89,9 @@ def test_what_a_resume_does_with_each_option_is_declared():
 
 def test_the_docs_rows_say_default_values_and_resume_rules():
     rows = {r["option"]: r for r in describe(SearchOptions)}
-    assert rows["--split-seed"]["default"] == "0" and rows["--fraction"]["default"] == "1.0"
+    assert rows["--split-seed"]["default"] == "0" and rows["--fraction"]["default"] == "1"
+    assert rows["--checkpoint-every"]["default"] == "120" and rows["--node-wait"]["default"] \
+        == "10"
     assert rows["--time-budget"]["values"] == "above 0"
     assert rows["--seed"]["on a resume"] == "must match"
     assert rows["--trials"]["on a resume"] == "kept unless given"

@@ -9,7 +9,7 @@ from typing import Callable
 
 import ray
 
-from hpo.errors import StudyError
+from hpo.errors import StudyError, StudyFault
 
 # Ray's refusal lists the cluster's versions, then this process's:
 # "Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.2\n..."
@@ -64,12 +64,12 @@ def await_fit(cpus: float, gpus: float, wait_s: float, say: Callable[[str], None
     """Return once some node of the cluster can take a trial asking for `cpus` CPUs and
     `gpus` GPUs; meanwhile say once what is awaited. hpo cannot tell whether a cluster it
     joined autoscales, so it waits `wait_s` seconds (--node-wait) for one to be added, then
-    raises StudyError."""
+    raises StudyFault (nothing ran; the same command tries again)."""
     deadline, told = time.monotonic() + wait_s, False
     while not any(fits(n, cpus, gpus) for n in ray.nodes()):
         want = f"{cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
         if time.monotonic() >= deadline:
-            raise StudyError(f"no node of the cluster offers {want} for a trial, and none was "
+            raise StudyFault(f"no node of the cluster offers {want} for a trial, and none was "
                              f"added in {wait_s / 60:g} min (--node-wait); ask for less "
                              "(--cpus-per-trial, --gpus-per-trial) or add such a node")
         if not told:

@@ -67,6 +67,9 @@ def run_search(plan: Plan, record: Record, data: Dataset, console: Console,
     _connect(options)
     t_ray = time.time() - t_ray
     try:
+        if options.address:  # before the run is recorded: one that never starts is none
+            await_fit(options.cpus_per_trial, options.gpus_per_trial or 0, options.node_wait,
+                      lambda line: console.print(line, markup=False, highlight=False))
         if not record.trials:
             for name in space.starting_points:  # first: every study has to beat them
                 space.enqueue(record.study, space.point(name))
@@ -143,9 +146,6 @@ def _run(plan: Plan, record: Record, data: Dataset, budget: int, console: Consol
         console.print("[yellow]warning[/]: this cluster spans several machines; trials on "
                       "machines other than this one cannot write to the study folder here. "
                       "Pass --storage-path with a shared path or s3://bucket/prefix.")
-    if options.address:
-        await_fit(options.cpus_per_trial, options.gpus_per_trial or 0, options.node_wait,
-                  lambda line: console.print(line, markup=False, highlight=False))
     cluster = ray.cluster_resources()
     packer = (probe(space, data, options, console)
               if cluster.get("GPU") and options.gpus_per_trial is None else None)
