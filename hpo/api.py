@@ -139,54 +139,58 @@ class Study:
         return path
 
     def __repr__(self) -> str:
-        return f"Study({str(self.folder)!r})"
+        """The study at a glance, in plain text: name and state, trials by status, the best,
+        where its files are."""
+        width = max(len(k) for k, _ in _summary(self))
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in _summary(self))
 
     def _repr_html_(self) -> str:
-        return _summary(self)
+        e = html.escape
+        body = "".join(f'<tr><th style="text-align:left;vertical-align:top">{e(k)}</th>'
+                       f'<td style="text-align:left">{e(v)}</td></tr>'
+                       for k, v in _summary(self))
+        return f"<table>{body}</table>"
 
 
-def _summary(study: Study) -> str:
-    """The HTML summary of a study: name and state, trials by status, best value and config,
-    where its files are."""
+def _summary(study: Study) -> list[tuple[str, str]]:
+    """A study in rows of (what, says): name and state, trials by status, best value and
+    config, where its files are."""
     from hpo import fmt  # pandas: only once a study is shown
     from hpo.errors import HpoError
     from hpo.leaderboard import metric_of
     from hpo.status import FINISHED
 
-    e = html.escape
     meta = study.meta
     board = study.leaderboard if (study.folder / "leaderboard.csv").is_file() else None
     holder = StudyLock(study.folder).holder()
     state = (f"running ({holder})" if holder else
              "finished" if meta.get("finished") else "stopped (the same search continues it)")
-    rows = [("study", f"<b>{e(study.name)}</b> · {e(state)}")]
+    rows = [("study", f"{study.name} · {state}")]
     if board is not None and len(board):
         counts = Counter(board["status"])
-        rows.append(("trials", e(f"{len(board)} of {meta.get('trials', '?')}: " + ", ".join(
+        rows.append(("trials", f"{len(board)} of {meta.get('trials', '?')}: " + ", ".join(
             f"{counts[status]} {status}" for status in sorted(counts, key=lambda s: (
-                -counts[s], s))))))
+                -counts[s], s)))))
         metric = metric_of(board.columns)
         top = board.iloc[0]
         if top["status"] in FINISHED and top[metric] == top[metric]:
             point = f", starting point {top['point']}" if isinstance(top["point"], str) else ""
-            rows.append((f"best {e(metric)}", e(f"{fmt.metric(top[metric])} (trial "
-                                                  f"{top['trial_id']}{point})")))
+            rows.append((f"best {metric}", f"{fmt.metric(top[metric])} (trial "
+                                           f"{top['trial_id']}{point})"))
     best = study.best_config
     if best:
         try:  # the values the search chose; the rest is fixed or default (best.json has all)
             searched = [k for k in load_study_space(study.folder).searched() if k in best]
         except HpoError:
             searched = list(best)
-        rows.append(("best config", "<code>" + e(", ".join(
-            f"{k}={fmt.column(k, [best[k]])[0]}" for k in searched or best)) + "</code>"))
+        rows.append(("best config", ", ".join(
+            f"{k}={fmt.column(k, [best[k]])[0]}" for k in searched or best)))
     folder = StudyFolder(study.folder)
     files = [p.name for p in (folder.leaderboard, folder.epochs, folder.best_config,
                               folder.best_weights, folder.report, folder.final, folder.ray_log)
              if p.exists()]
-    rows.append(("files", e(f"{study.folder}/: " + ", ".join(files))))
-    body = "".join(f'<tr><th style="text-align:left;vertical-align:top">{k}</th>'
-                   f'<td style="text-align:left">{v}</td></tr>' for k, v in rows)
-    return f"<table>{body}</table>"
+    rows.append(("files", f"{study.folder}/: " + ", ".join(files)))
+    return rows
 
 
 def _cell_console():

@@ -79,10 +79,15 @@ def cmd_leaderboard(args) -> int:
         print(f"{folder.leaderboard}: was missing or unreadable; rebuilt from the study's "
               "record", file=sys.stderr)
         board = read_leaderboard(folder.path)
+    from hpo.study import read_meta
     from hpo.table import print_leaderboard
 
+    try:
+        importances = read_meta(folder.path).get("importances")
+    except StudyError:  # the order of the columns is all it gives; the table goes on
+        importances = None
     print_leaderboard(board, args.study, args.top, args.columns, args.all, args.csv,
-                      _console())
+                      _console(), importances)
     return 0
 
 
@@ -93,7 +98,8 @@ def cmd_report(args) -> int:
     StudyFolder(args.study).check()
     from hpo.report import write_report
 
-    _console().print(f"report → {write_report(args.study)}")
+    console = _console()
+    console.print(f"report → {write_report(args.study, console)}")
     return 0
 
 

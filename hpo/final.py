@@ -19,6 +19,7 @@ from hpo.config import read_config
 from hpo.errors import ConfigError, StudyError
 from hpo.files import read_json_object, write_json
 from hpo.folder import StudyFolder
+from hpo.meter import Meter
 from hpo.options import TrainOptions, check
 from hpo.preflight import check_data_path, check_output
 from hpo.provenance import versions
@@ -87,18 +88,16 @@ def retrain(config: Mapping[str, Any], data: Dataset, seeds: Sequence[int], out:
     """
     if data.x_test is None or len(data.x_test) == 0:
         raise StudyError("the data has no test split to evaluate the final model on")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
     full = data.train_and_val()
     runs = []
-    bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
-    with bar:
+    with Meter(console) as meter:
         for seed in seeds:
-            task = bar.add_task(f"{name} seed {seed}", total=config["epochs"], info="")
-            runs.append(_one_seed({**config, "seed": seed}, data, full, out, name, bar, task))
+            task = meter.task(f"{name} seed {seed}", config["epochs"], "epochs")
+            runs.append(_one_seed({**config, "seed": seed}, data, full, out, name, meter, task))
+            if runs[-1]["status"] == Status.COMPLETED:
+                meter.note(f"{name} seed {seed}: test accuracy {runs[-1]['test_acc']:.4f}")
     accs = [r["test_acc"] for r in runs]
     summary = {"name": name, "config": dict(config), "seeds": list(seeds), "test_acc": accs,
                "mean": statistics.fmean(accs) if accs else None,
@@ -106,12 +105,14 @@ def retrain(config: Mapping[str, Any], data: Dataset, seeds: Sequence[int], out:
                "data_fingerprint": data.fingerprint, "train_fingerprint": full.fingerprint,
                "versions": versions()}
     _merge(out / "results.json", name, summary)
-    console.print(f"{name}: test accuracy {summary['mean']:.4f} ± {summary['std']:.4f} "
-                  f"over {len(accs)} seed(s) → {out}")
+    spread = (f" ± {summary['std']:.4f} over {len(accs)} seeds" if len(accs) > 1
+              else " (one seed: no spread to tell)")
+    console.print(f"{name}: test accuracy {summary['mean']:.4f}{spread} → {out}")
     return summary
 
 
-def _one_seed(config, data: Dataset, full: Dataset, out: Path, name: str, bar, task) -> dict:
+def _one_seed(config, data: Dataset, full: Dataset, out: Path, name: str, meter: Meter,
+              task: int) -> dict:
     import torch
 
     from hpo.train import evaluate, run_trial, to_device
@@ -120,8 +121,7 @@ def _one_seed(config, data: Dataset, full: Dataset, out: Path, name: str, bar, t
 
     def report(metrics, model=None, state=None):
         last.update(metrics=metrics, model=model)
-        bar.update(task, completed=metrics["epoch"],
-                   info=f"train loss {metrics['train_loss']:.3f}")
+        meter.update(task, metrics["epoch"], f"train loss {metrics['train_loss']:.3f}")
 
     t0 = time.time()
     final = run_trial(config, full, report)

@@ -1,5 +1,6 @@
 """Numbers as people read them, the same in the terminal, the live view and the report:
-thousands separators, one precision per column, whole-valued float settings kept as floats.
+thousands separators, one precision per column, a setting whose values are all whole numbers
+written as integers (warmup_epochs 0, 1, 2; not 0.00, 1.00, 2.00).
 """
 
 from __future__ import annotations
@@ -90,14 +91,17 @@ def column(name: str, values: Sequence[Any]) -> list[str]:
 
 def column_formatter(name: str, values: Sequence[Any]) -> Callable[[Any], str]:
     """The `formatter` of the column `name` holding `values`: metrics (val_*, train_*,
-    test_*) to METRIC_DECIMALS, settings that are floats to three significant digits and at
-    least one decimal, measurements (wall_s, img_per_s) to three significant digits, none
-    below the point beyond 99."""
+    test_*) to METRIC_DECIMALS, settings that are floats to three significant digits (as
+    integers when every value is whole), measurements (wall_s, img_per_s) to three
+    significant digits, none below the point beyond 99."""
     kind = kind_of(name, values)
     if name.startswith(METRIC_PREFIXES):
         return formatter(values, kind, decimals=METRIC_DECIMALS)
     setting = SCHEMA.get(schema_key(name)) is not None
-    return formatter(values, kind, min_decimals=int(setting), scientific=setting)
+    present = [v for v in values if _finite(v)]
+    if setting and kind == "float" and present and all(float(v).is_integer() for v in present):
+        kind = "int"  # a float setting searched over whole values reads as what it is
+    return formatter(values, kind, scientific=setting)
 
 
 def metric(v: Any) -> str:

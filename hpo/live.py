@@ -83,6 +83,7 @@ class Progress:
         self.counts: dict[str, int] | None = None  # the study's, when the driver sends them
         self.best: tuple[float, str, str] | None = None  # value, trial id, point name
         self.most_running = 0  # trials seen running at once: the concurrency, if not given
+        self._anchor: tuple[float, float, float] | None = None  # the last estimate made
         self._summary_due = False  # a trial ended: the plain study line goes out next
         self._lock = threading.Lock()  # events arrive on the driver's thread, redraws on rich's
         self.live: Live | _CellView | None = None
@@ -107,6 +108,7 @@ class Progress:
                 self.finished = [t for t in self.finished if t.trial_id != trial_id]
             self.running[trial_id] = trial
             self.most_running = max(self.most_running, len(self.running))
+        self._reestimate()
         self._line(f"{_who(trial)} started: {trial.epochs or '?'} epochs")
 
     def trial_result(self, trial_id: str, metrics: Mapping[str, Any]) -> None:
@@ -140,6 +142,7 @@ class Progress:
                    or now - trial.printed >= self.plain_every_s)
             if due:
                 trial.printed = now
+        self._reestimate()
         if due:
             self._line(f"{_who(trial)} epoch {epoch}/{trial.epochs or '?'}: "
                        f"{self.metric} {fmt.metric(trial.value)}, best {fmt.metric(trial.best)}, "
@@ -157,6 +160,7 @@ class Progress:
                 return
             trial.status, trial.reason, trial.ended = status, reason, self.clock()
             self.finished.append(trial)
+        self._reestimate()
         best = f", best {self.metric} {fmt.metric(trial.best)}" if trial.best is not None else ""
         line = (f"{_who(trial)} {status} after {trial.epoch}/{trial.epochs or '?'} epochs"
                 + best + (f": {reason}" if reason else "")
@@ -190,6 +194,7 @@ class Progress:
         trials of earlier runs) and its best so far: (value, trial id, point name)."""
         with self._lock:
             self.counts, self.best = dict(counts), best
+            self._anchor = self.estimate(self.clock())  # the trials left may have changed
         if self._summary_due:
             self._plain_summary()
         if isinstance(self.live, _CellView):
@@ -205,37 +210,54 @@ class Progress:
         """(seconds left, mean seconds an epoch took): the time until the last trial ends,
         estimated; None before any epoch is measured.
 
-        Each running trial is expected to train to its next rung and past each later one
-        with chance 1/reduction_factor (`expected_epochs`), at its own measured epoch time,
-        or the time its epoch under way has taken so far when that is longer; the trials not
-        started yet, the same from epoch 0 at the mean epoch time, plus the mean start-up.
-        Trials run as many at once as `concurrency` (else the most seen running at once)
-        allows (`makespan`). Trials that end early (infeasible, diverged) and ASHA's early
-        promotions are not foreseen.
+        The estimate is made when something happens (a trial starts, reports an epoch or
+        ends: see `estimate`) and counts down between, so it never counts upwards while
+        nothing new is known; it is the last estimate less the time since it was made.
         """
-        now = self.clock()
         with self._lock:
-            epochs = [s for t in (*self.running.values(), *self.finished) for s in t.epoch_s]
-            if not epochs:
+            if self._anchor is None:
+                self._anchor = self.estimate(self.clock())
+            if self._anchor is None:
                 return None
-            epoch_s = sum(epochs) / len(epochs)
-            startups = [t.startup_s for t in (*self.running.values(), *self.finished)
-                        if t.startup_s is not None]
-            startup_s = sum(startups) / len(startups) if startups else 0.0
-            running = []
-            for t in self.running.values():
-                own = sum(t.epoch_s) / len(t.epoch_s) if t.epoch_s else epoch_s
-                startup = 0.0 if t.epoch else startup_s
-                since = now - (t.last if t.epoch else t.started)
-                # the epoch under way takes at least as long as it has so far: a trial slower
-                # than measured pushes the estimate up as it runs on
-                own = max(own, since - startup)
-                running.append(max(0.0, startup + self._expected(t.epoch, t.epochs) * own
-                                   - since))
-            waiting = max(0, self.trials - self._finished_count() - len(self.running))
-            new_trial = startup_s + self._expected(0, self.max_epochs) * epoch_s
-            slots = max(1, self.concurrency or self.most_running, len(running))
-        return makespan(running, [new_trial] * waiting, slots), epoch_s
+            left, epoch_s, at = self._anchor
+        return max(0.0, left - (self.clock() - at)), epoch_s
+
+    def estimate(self, now: float) -> tuple[float, float, float] | None:
+        """(seconds left, mean seconds an epoch took, `now`) from what is known at `now`;
+        None before any epoch is measured. The caller holds the lock.
+
+        Each running trial is expected to train to its next rung and past each later one
+        with chance 1/reduction_factor (`expected_epochs`) at its own measured epoch time
+        (the mean of every trial's before its first epoch ends), less what its epoch under
+        way has run so far (never below the epochs after it); the trials not started yet, the
+        same from epoch 0 at the mean epoch time, plus the mean start-up. Trials run as many
+        at once as `concurrency` (else the most seen running at once) allows (`makespan`).
+        Trials that end early (infeasible, diverged) and ASHA's early promotions are not
+        foreseen.
+        """
+        epochs = [s for t in (*self.running.values(), *self.finished) for s in t.epoch_s]
+        if not epochs:
+            return None
+        epoch_s = sum(epochs) / len(epochs)
+        startups = [t.startup_s for t in (*self.running.values(), *self.finished)
+                    if t.startup_s is not None]
+        startup_s = sum(startups) / len(startups) if startups else 0.0
+        running = []
+        for t in self.running.values():
+            own = sum(t.epoch_s) / len(t.epoch_s) if t.epoch_s else epoch_s
+            startup = 0.0 if t.epoch else startup_s
+            since = now - (t.last if t.epoch else t.started)
+            expected = self._expected(t.epoch, t.epochs)
+            running.append(max(max(0.0, expected - 1) * own,
+                               startup + expected * own - since))
+        waiting = max(0, self.trials - self._finished_count() - len(self.running))
+        new_trial = startup_s + self._expected(0, self.max_epochs) * epoch_s
+        slots = max(1, self.concurrency or self.most_running, len(running))
+        return makespan(running, [new_trial] * waiting, slots), epoch_s, now
+
+    def _reestimate(self) -> None:
+        with self._lock:
+            self._anchor = self.estimate(self.clock())
 
     def _expected(self, done: int, epochs: int | None) -> float:
         return expected_epochs(done, epochs or self.max_epochs or done, self.rungs,

@@ -8,7 +8,8 @@ Its schema, said here once:
                             study runs), hpo_space (the space file's text, path, objectives),
                             hpo_data (the data's absolute path), hpo_runs (one entry per run:
                             its options, host, times, how it ended), hpo_best_weights (the
-                            trial whose weights best.pt holds)
+                            trial whose weights best.pt holds), hpo_importances (each
+                            dimension's, from the end of the last run)
     trial user attributes   hpo_kind: "trial" (ran, or runs), "rejected" (a draw that could not
                             be built or would not fit, never run), "duplicate" (a draw of a
                             config already run, given that trial's result); hpo_config (the
@@ -54,7 +55,7 @@ from hpo.status import CONFIG_FAULTS, FINISHED, Status
 
 # study user attributes
 IDENTITY, TRIALS, SPACE, DATA = "hpo_identity", "hpo_trials", "hpo_space", "hpo_data"
-RUNS, BEST_WEIGHTS = "hpo_runs", "hpo_best_weights"
+RUNS, BEST_WEIGHTS, IMPORTANCES = "hpo_runs", "hpo_best_weights", "hpo_importances"
 # trial user attributes
 KIND, CONFIG, STATUS, REASON = "hpo_kind", "hpo_config", "hpo_status", "hpo_reason"
 EPOCHS, PARAMS, CHECKPOINT, DUPLICATE_OF = ("hpo_epochs", "hpo_params", "hpo_checkpoint",

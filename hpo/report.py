@@ -10,7 +10,7 @@ import base64
 import io
 import json
 import math
-import warnings
+from contextlib import nullcontext
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -22,13 +22,13 @@ from matplotlib.figure import Figure  # not pyplot: the Agg canvas, no global ba
 
 from hpo import fmt
 from hpo.files import write_atomic
-from hpo.leaderboard import FIXED, metric_of, read_leaderboard
+from hpo.leaderboard import FIXED, KEY, metric_of, read_leaderboard
+from hpo.meter import Meter
 from hpo.registry import METRICS, sign
 from hpo.status import FAILURES, Status
+from hpo.table import order_varying
 
 TOP = 15
-MIN_COMPLETE = 10  # fewer COMPLETE trials than this: importance also counts ASHA-stopped ones
-MIN_TRIALS = 5  # below this a forest over the dimensions says nothing
 BEST, DONE, FADED = "#d62728", "#1f77b4", "#9a9a9a"
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}
 h2{border-bottom:1px solid #ddd;margin-top:1.8em}table{border-collapse:collapse;font-size:12px}
@@ -51,8 +51,9 @@ class _Missing(Exception):
     """A section that cannot be drawn; the message is the sentence shown instead."""
 
 
-def write_report(study: str | Path) -> Path:
-    """Write `<study>/report.html` and return its path.
+def write_report(study: str | Path, console=None) -> Path:
+    """Write `<study>/report.html` and return its path; with a rich `console`, say how far
+    it got, section by section (a bar on a terminal, lines in a log).
 
     One self-contained page: plots are inline PNGs as wide as the page, nothing is fetched,
     and one small script records on load whether every image decoded and how wide the
@@ -78,20 +79,23 @@ def write_report(study: str | Path) -> Path:
     epochs = pd.read_csv(study / "epochs.csv") if (study / "epochs.csv").is_file() else None
     ctx = dict(study=study, board=board, meta=meta, space=space, metric=metric, mode=mode,
                epochs=epochs)
-    found = _guard(_importances, ctx)  # (importances, html), or the sentence why there are none
-    ctx["importances"], importance = found if isinstance(found, tuple) else (None, found)
-    sections = [
-        ("What to do next", _guard(_next, ctx)),
-        ("Learning curves", _guard(_curves, ctx)),
-        ("Best so far against wall time", _guard(_best_so_far, ctx)),
-        (f"{metric} against trainable parameters", _guard(_pareto, ctx)),
-        ("Hyperparameter importance", importance),
-        ("Slices of the most important dimensions", _guard(_slices, ctx)),
-        (f"Leaderboard (top {TOP})", _guard(_top_table, ctx)),
-        ("Trials that failed", _guard(_failures, ctx)),
-        ("Final test results", _guard(_final, ctx)),
-    ]
-    body = _guard(_header, ctx) + "".join(f"<h2>{escape(t)}</h2>\n{h}\n" for t, h in sections)
+    # importances first: the slices, and the leaderboard's columns, are chosen by them
+    drawn = [("Hyperparameter importance", _importance_section),
+             ("What to do next", _next), ("Learning curves", _curves),
+             ("Best so far against wall time", _best_so_far),
+             (f"{metric} against trainable parameters", _pareto),
+             ("Slices of the most important dimensions", _slices),
+             (f"Leaderboard (top {TOP})", _top_table), ("Trials that failed", _failures),
+             ("Final test results", _final)]
+    html = {}
+    with Meter(console) if console is not None else nullcontext() as meter:
+        task = meter.task(f"report {study.name}", len(drawn), "sections") if meter else None
+        for n, (title, draw) in enumerate(drawn, 1):
+            html[title] = _guard(draw, ctx)
+            if meter:
+                meter.update(task, n, title)
+    order = [t for t, _ in drawn[1:5]] + [drawn[0][0]] + [t for t, _ in drawn[5:]]
+    body = _guard(_header, ctx) + "".join(f"<h2>{escape(t)}</h2>\n{html[t]}\n" for t in order)
     page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>hpo report: {escape(study.name)}</title><style>{CSS}</style></head>\n"
             f"<body>\n{body}<script>{SCRIPT}</script>\n</body></html>\n")
@@ -125,8 +129,8 @@ def _guard(draw, ctx) -> Any:
 def _img(fig: Figure, alt: str) -> str:
     for ax in fig.axes:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # beside the plot: it never covers a curve
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=8)
     buf = io.BytesIO()
     # as wide as the page (1,150 px) or wider, so a plot is shrunk to fit, never blown up
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -303,60 +307,25 @@ def _pareto(ctx) -> str:
             f"has a better {escape(metric)} with as few parameters):</p>" + _table(front[cols]))
 
 
-def _importances(ctx) -> tuple[dict[str, float] | None, str]:
-    import optuna
-    from optuna.trial import create_trial
+def _importance_section(ctx) -> str:
+    """The importances' section, keeping the importances for the sections drawn after it."""
+    found = _guard(_importances, ctx)  # (importances, html), or the sentence why there are none
+    ctx["importances"], html = found if isinstance(found, tuple) else (None, found)
+    return html
 
+
+def _importances(ctx) -> tuple[dict[str, float] | None, str]:
+    from hpo.importance import importances
     from hpo.record import Record
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, db = ctx["study"], ctx["study"] / "study.db"
     if not db.is_file():
         raise _Missing("no importances: the folder has no study.db (its record)")
-    record = Record.load(f"sqlite:///{db.resolve()}", study.name)
-    metric, mode = ctx["metric"], ctx["mode"]
-    # what TPE saw: a completed trial's best epoch, as Optuna was told it
-    done = [(t, t.best(metric, mode)[0]) for t in record.real()
-            if t.status == Status.COMPLETED and t.best(metric, mode)]
-    note, n_complete = "", len(done)
-    if n_complete < MIN_COMPLETE:
-        # few completed: the ASHA-stopped ones count too, at their last epoch's value
-        done += [(t, t.epochs[-1][metric]) for t in record.real()
-                 if t.status == Status.STOPPED and t.epochs and t.epochs[-1].get(metric)
-                 is not None]
-        if len(done) > n_complete:
-            note = (f"Only {n_complete} trials completed, so {len(done) - n_complete} stopped "
-                    "by ASHA count too, at their last epoch's value. ")
-    # a starting point is hand-picked, not drawn from the space: its values outside a
-    # dimension's range are absent, and it says nothing about the space around it
-    points = sum(bool(t.point) for t, _ in done)
-    done = [(t, v) for t, v in done if not t.point and math.isfinite(v)]
-    # fANOVA needs every dimension in every trial: conditional ones (`when=`) absent from some
-    # trials are left out, the rest are assessed over all trials
-    seen = {p for t, _ in done for p in t.drawn}
-    params = sorted(set.intersection(*(set(t.drawn) for t, _ in done))) if done else []
-    if len(done) < MIN_TRIALS or not params:
-        raise _Missing(f"no importances yet: {len(done)} finished trials (starting points "
-                       f"aside), and at least {MIN_TRIALS} are needed")
-    copy = optuna.create_study(direction="maximize" if sign(mode) > 0 else "minimize")
-    copy.add_trials([create_trial(params={p: t.drawn[p] for p in params}, value=v,
-                                  distributions={p: t.distributions[p] for p in params})
-                     for t, v in done])
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        note = "Optuna's fANOVA (seed 0). " + note
-    except ImportError:  # fANOVA's random forest is scikit-learn's
-        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-        note = "PED-ANOVA: fANOVA needs scikit-learn, which is not installed. " + note
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "few trials per region": the note says how many
-        imp = optuna.importance.get_param_importances(copy, evaluator=evaluator)
-    note += f"From {len(done)} trials" + (f" (starting points left out: {points})." if points
-                                          else ".")
-    if absent := sorted(seen - set(params)):
-        note += f" Not assessed (absent from some trials): {', '.join(absent)}."
-    imp = {k: float(v) for k, v in imp.items()}
-    return imp, _bars(imp) + f"<p>{escape(note)}</p>"
+    found = importances(Record.load(f"sqlite:///{db.resolve()}", study.name), ctx["metric"],
+                        ctx["mode"])
+    if not found.values:
+        raise _Missing(found.note)
+    return found.values, _bars(found.values) + f"<p>{escape(found.note)}</p>"
 
 
 def _bars(imp: dict[str, float]) -> str:
@@ -387,7 +356,10 @@ def _slices(ctx) -> str:
             cats = [label(v) for v in getattr(d, "values", ())]
             cats += sorted({label(v) for v in values} - set(cats))
             x = np.array([cats.index(label(v)) for v in values]) + rng.uniform(-.12, .12, len(r))
-            ax.set_xticks(range(len(cats)), cats)
+            # a quarter of the page holds a few labels side by side, many only slanted
+            ax.set_xticks(range(len(cats)), [_short(c) for c in cats],
+                          rotation=0 if len(cats) <= 3 else 45,
+                          ha="center" if len(cats) <= 3 else "right", fontsize=8)
         else:
             x = values.to_numpy(float)
             ax.set_xscale("log" if getattr(d, "log", False) else "linear")
@@ -402,11 +374,13 @@ def _slices(ctx) -> str:
 
 
 def _top_table(ctx) -> str:
-    board, shown = ctx["board"], set(FIXED) - {"reason"} | {ctx["metric"], "pareto"}
+    board = ctx["board"]
     if board.empty:
         raise _Missing("no trials yet")
-    fixed = [c for c in board.columns if c in shown and board[c].notna().any()]
-    return _table(board.head(TOP)[fixed + _varying(ctx)])
+    # led by who the trial is and how it did, then what mattered, then the rest of its row
+    lead = [c for c in (*KEY, ctx["metric"], "pareto") if c in board and board[c].notna().any()]
+    tail = [c for c in FIXED if c not in lead and c != "reason" and board[c].notna().any()]
+    return _table(board.head(TOP)[lead + _varying(ctx) + tail])
 
 
 def _failures(ctx) -> str:
@@ -419,9 +393,17 @@ def _failures(ctx) -> str:
 
 
 def _varying(ctx) -> list[str]:
-    """The hyperparameters that differ between trials, not the dozens of constant ones."""
-    board, shown = ctx["board"], (*FIXED, ctx["metric"], "pareto")
-    return [c for c in board.columns if c not in shown and board[c].nunique(dropna=False) > 1]
+    """The hyperparameters that differ between trials (not the dozens of constant ones), the
+    study's most important first (hpo leaderboard's order)."""
+    board = ctx["board"]
+    columns = [c for c in board.columns if c not in (*FIXED, ctx["metric"], "pareto")]
+    return order_varying(board, columns, ctx.get("importances") or {})
+
+
+def _short(label: str, most: int = 14) -> str:
+    """A tick label cut to `most` characters, so that slanted labels do not run into each
+    other or off the figure."""
+    return label if len(label) <= most else label[: most - 1] + "…"
 
 
 def _final(ctx) -> str:

@@ -25,12 +25,14 @@ from hpo.status import FAILURES
 
 def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = None,
                       columns: str | None = None, every: bool = False, as_csv: bool = False,
-                      console: Console | None = None) -> None:
+                      console: Console | None = None,
+                      importances: dict[str, float] | None = None) -> None:
     """Print the leaderboard `board` (read_leaderboard of `study`) to fit `console`: the key
-    columns, then the hyperparameters that vary, as many as fit; `every` of them, or the
-    `columns` named ("a,b,c"), in further tables; the reasons of failed rows under it. With
-    `as_csv`, the file's rows unformatted instead. Raises ConfigError naming a column that
-    the leaderboard does not have."""
+    columns, then the hyperparameters that vary, as many as fit, those that mattered most in
+    the study first (`importances`, study.json's), then those that vary most among the rows
+    shown; `every` of them, or the `columns` named ("a,b,c"), in further tables; the reasons of
+    failed rows under it. With `as_csv`, the file's rows unformatted instead. Raises
+    ConfigError naming a column that the leaderboard does not have."""
     console = console or Console()
     chosen = [c.strip() for c in (columns or "").split(",") if c.strip()]
     if unknown := [c for c in chosen if c not in board.columns]:
@@ -45,10 +47,7 @@ def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = 
     key = [c for c in _key_columns(board.columns)
            if c != "point" or shown[c].notna().any()]  # no starting point: no column for it
     first = list(board.columns).index("node") + 1
-    # the hyperparameters that differ between the rows shown, not the 50 constant ones; those
-    # most rows have first (a starting point's explicit widths, blank elsewhere, last)
-    varying = sorted((c for c in board.columns[first:] if shown[c].nunique(dropna=False) > 1),
-                     key=lambda c: shown[c].isna().sum())
+    varying = order_varying(shown, board.columns[first:], importances or {})
     rest = [c for c in chosen if c not in key] if chosen else varying
     pages, left_out = _pages(shown, key, rest, console, every=every or bool(chosen))
     console.print(f"[bold]{study}[/]: {len(board)} trials" + (
@@ -57,8 +56,9 @@ def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = 
     for page in pages:
         console.print(_table(shown, page))
     if left_out:
-        console.print(f"{len(left_out)} more hyperparameters vary: {', '.join(left_out)} "
-                      "(--all shows them all, --columns a,b picks)", highlight=False)
+        console.print(_one_line(f"{len(left_out)} more vary: ", left_out,
+                                " (--all shows them, --columns a,b picks)", console.width),
+                      highlight=False, soft_wrap=True)
     failed = shown[shown["status"].isin(FAILURES) & shown["reason"].notna()]
     for _, row in failed.iterrows() if "reason" not in chosen else ():
         console.print(f"trial {row['trial_id']} {row['status']}: {row['reason']}",
@@ -68,6 +68,29 @@ def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = 
         console.print(f"{hidden} trials below these failed, were infeasible, diverged or ran "
                       f"out of memory (--top {len(board)} shows them with their reasons)",
                       highlight=False)
+
+
+def order_varying(shown: pd.DataFrame, columns, importances: dict[str, float]) -> list[str]:
+    """The hyperparameter columns that differ between the rows `shown` (not the dozens that
+    are constant): those the study's importances rank, most important first, then the rest,
+    most distinct values first, those most rows have (not a starting point's own keys) ahead
+    of sparse ones."""
+    varying = [c for c in columns if shown[c].nunique(dropna=False) > 1]
+    return sorted(varying, key=lambda c: (-importances.get(c, -1.0), shown[c].isna().sum(),
+                                          -shown[c].nunique(), list(columns).index(c)))
+
+
+def _one_line(head: str, names: list[str], tail: str, width: int) -> str:
+    """`head` + as many of `names` as fit in `width` with `tail` (the rest counted)."""
+    shown = list(names)
+
+    def line():
+        rest = len(names) - len(shown)
+        return head + ", ".join(shown) + (f" and {rest} more" if rest else "") + tail
+
+    while shown and len(line()) > width:
+        shown.pop()
+    return line()
 
 
 TOP = 10

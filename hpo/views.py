@@ -19,6 +19,7 @@ from hpo.record import (
     DUPLICATE,
     EPOCH_FIELDS,
     IDENTITY,
+    IMPORTANCES,
     REJECTED,
     RUNS,
     SPACE,
@@ -78,6 +79,7 @@ def summary(record: Record) -> dict[str, Any]:
         "wall_s": round(sum(r.get("wall_s", 0) for r in runs), 1),
         "busy_fraction": last.get("busy_fraction"), "time": last.get("time"),
         "fingerprint": last.get("fingerprint"), "versions": last.get("versions"),
+        "importances": meta.get(IMPORTANCES, {}),
         "runs": runs,
     }
     return out

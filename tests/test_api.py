@@ -71,6 +71,12 @@ def test_a_study_reads_its_folder(finished_study):
                  f"best val_acc</th><td style=\"text-align:left\">{board.loc[0, 'val_acc']:.4f}",
                  "lr=", "leaderboard.csv", "ray.log"):
         assert text in page, text
+    # a plain Python session's print says as much, in text
+    shown = repr(study).splitlines()
+    assert shown[0].split() == ["study", "tiny", "·", "finished"]
+    assert shown[1].startswith("trials") and "6 of 6:" in shown[1]
+    assert shown[2].startswith("best val_acc") and f"(trial {board.loc[0, 'trial_id']}" \
+        in shown[2]
 
 
 @pytest.mark.notebook

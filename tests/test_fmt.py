@@ -22,8 +22,11 @@ def test_one_precision_per_column():
 
 
 def test_kinds_come_from_the_schema():
-    # a whole-valued float setting stays a float; a blank made pandas read convs_2 as float
-    assert column("aug_rotate", [15.0, 0.0, 30.0]) == ["15.0", "0.0", "30.0"]
+    # a float setting searched over whole values reads as integers, one that is not at one
+    # precision; a blank made pandas read convs_2 as float
+    assert column("aug_rotate", [15.0, 0.0, 30.0]) == ["15", "0", "30"]
+    assert column("warmup_epochs", [0.0, 1.0, 2.0]) == ["0", "1", "2"]
+    assert column("aug_rotate", [15.0, 7.5]) == ["15.0", "7.5"]
     assert column("convs_2", [1.0, math.nan, 2.0]) == ["1", "", "2"]
     assert column("params", [1_234_567.0, 23_432]) == ["1,234,567", "23,432"]
     assert column("batch_size", [1024, 64]) == ["1,024", "64"]

@@ -74,7 +74,7 @@ def test_live_view_rows_fit_80_columns():
     assert lines[3].endswith("…") and len(lines[3]) == 80
     assert lines[4] == "hpo tiny  2/8 finished · 1 running · 1 stopped · 1 infeasible"
     assert lines[5] == "best val_acc 0.3500 (trial 1) · elapsed 6s"
-    assert lines[6].startswith("time left ≈ 15s (estimate from 2.0 s/epoch and ASHA's rungs")
+    assert lines[6].startswith("time left ≈ 14s (estimate from 2.0 s/epoch and ASHA's rungs")
     assert len(lines) == 7
 
 
@@ -82,7 +82,7 @@ def test_live_view_shows_whole_reasons_when_wide_and_fits_when_narrow():
     progress = scenario(Console(file=StringIO()), Clock())
     wide = frame(progress, 200)
     assert wide[3].endswith(REASON) and not any("…" in line for line in wide)
-    assert "time left ≈ 15s (estimate from 2.0 s/epoch and ASHA's rungs at 1, 2 of 4 epochs)" \
+    assert "time left ≈ 14s (estimate from 2.0 s/epoch and ASHA's rungs at 1, 2 of 4 epochs)" \
         in wide
     narrow = frame(progress, 50)
     assert max(map(len, narrow)) <= 50
@@ -92,16 +92,69 @@ def test_live_view_shows_whole_reasons_when_wide_and_fits_when_narrow():
 def test_time_left_from_measured_epochs_and_asha_rungs():
     clock = Clock()
     progress = scenario(Console(file=StringIO()), clock)
-    # epochs took 2 s (three measured), start-up 1 s; at most 2 trials ran at once.
-    # Trial 1, at epoch 2 of 4 past both rungs, has 2 epochs to go: 4 s, 1 s of it spent.
+    # at trial 1's last report: epochs took 2 s (three measured), start-up 1 s; at most 2
+    # trials ran at once. Trial 1, at epoch 2 of 4 past both rungs, has 2 epochs to go: 4 s.
     # Each of the 5 trials not started: 1 s + 2 expected epochs (1 + 1/2 + 2/4) × 2 s = 5 s.
-    # Two slots, free after 3 s and 0 s: 0→5→10→15 and 3→8→13: the last ends after 15 s.
-    assert progress.time_left() == (15.0, 2.0)
-    # 9 s later trial 1 is 10 s into its third epoch: that epoch takes 10 s at least, and
-    # its fourth as long, so 10 s are left; the other slot runs 0→5→10→15→20
+    # Two slots, free after 4 s and 0 s: 0→5→10→15 and 4→9→14: the last ends after 15 s,
+    # and 1 s has gone by since
+    assert progress.time_left() == (14.0, 2.0)
+    # nothing new for 9 s: the estimate counts down, it never counts up
     clock.now += 9
-    assert progress.time_left()[0] == 20.0
+    assert progress.time_left()[0] == 5.0
+    # news: trial 1's third epoch took 10 s; its fourth is expected to take as long
+    progress.trial_result("1", epoch(3, 0.4, clock.now, seconds=10.0))
+    left, epoch_s = progress.time_left()
+    assert epoch_s == 4.0 and left > 5.0
     assert Progress(Console(file=StringIO()), "s", 4, "val_acc").time_left() is None
+
+
+def test_time_left_never_counts_up_and_is_right_within_a_factor_of_two():
+    # a recorded search: 12 trials, two at once, 1 s of start-up each, epochs of 1.5-3 s;
+    # ASHA (rungs at 1 and 2 of 4, keeping half) stopped six after one epoch, three after
+    # two, and three trained all four
+    import random
+
+    rng = random.Random(0)
+    lengths = [1, 1, 2, 4, 1, 2, 1, 4, 1, 2, 4, 1]
+    events, slots, seconds = [], [0.0, 0.0], {}
+    for n, length in enumerate(lengths):
+        slot = min(range(2), key=lambda i: slots[i])
+        t, seconds[n] = slots[slot], rng.uniform(1.5, 3.0)
+        events.append((t, "start", n, 0))
+        t += 1.0
+        for e in range(1, length + 1):
+            t += seconds[n]
+            events.append((t, "epoch", n, e))
+        events.append((t, "end", n, length))
+        slots[slot] = t
+    end = max(t for t, *_ in events)
+    events.sort(key=lambda e: (e[0], e[1] != "end"))
+    clock = Clock()
+    clock.now = 0.0
+    progress = Progress(Console(file=StringIO()), "rec", 12, "val_acc", max_epochs=4,
+                        rungs=[1, 2], reduction_factor=2, concurrency=2, clock=clock)
+    last, ratios = None, []
+    for t, kind, n, e in events:
+        # between events the estimate only counts down
+        for step in (0.25, 0.5):
+            if clock.now + step < t:
+                clock.now += step
+                now = progress.time_left()
+                if last is not None and now is not None:
+                    assert now[0] <= last[0] + 1e-9
+                last = now
+        clock.now = t
+        if kind == "start":
+            progress.trial_started(str(n), "", 4)
+        elif kind == "epoch":
+            progress.trial_result(str(n), epoch(e, 0.5, t, seconds=seconds[n]))
+        else:
+            progress.trial_ended(str(n), "completed" if e == 4 else "stopped")
+        last = progress.time_left()
+        measured = all(trial.epoch for trial in progress.running.values())
+        if last is not None and measured and end - t > 5:
+            ratios.append(last[0] / (end - t))
+    assert ratios and min(ratios) >= 0.5 and max(ratios) <= 2.0, (min(ratios), max(ratios))
 
 
 def test_expected_epochs_and_makespan():

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import begun, write_trial
 from hpo import views
+from hpo.record import IMPORTANCES
 from hpo.space import random_configs
 
 ROOT = Path(__file__).parents[1]
@@ -53,6 +54,8 @@ def wide_study(tmp_path_factory, tiny_parquet):
             {"epoch": e, "val_acc": values[i] * e / 2, "img_per_s": 1234.5, "t_start": e,
              "t_end": e + seconds, "params": 15_438_986 if i == 1 else 62_006 + 1000 * i}
             for e in (1, 2)])
+    # what the end of a run keeps: which dimensions mattered (hpo.importance)
+    record.set_meta(IMPORTANCES, {"lr": 0.5, "optimizer": 0.3, "aug_rotate": 0.2})
     views.rebuild(plan.folder, record)
     return plan.folder.path
 
@@ -66,7 +69,7 @@ def test_leaderboard_fits_the_terminal(wide_study, tmp_path, width):
     head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("#  trial"))
     assert re.match(r" #  trial +point +status +val_acc  best ep +params  wall s", lines[head])
     if width == 200:  # the key columns leave room for hyperparameters
-        assert re.search(r"wall s  \w", lines[head])
+        assert re.search(r"wall s +\w", lines[head])
     board = pd.read_csv(wide_study / "leaderboard.csv")
     rows = {int(line.split()[0]): line for line in lines[head + 2: head + 12]}
     assert len(rows) == 10 and "14 trials, the top 10 shown" in " ".join(lines[:head])
@@ -79,7 +82,7 @@ def test_leaderboard_fits_the_terminal(wide_study, tmp_path, width):
     assert "0.7071" in rows[1] and " 0.3535 " in rows[8] and " 0.1000 " in rows[10]
     assert "15,438,986" in rows[3] and " 1,234" in rows[3] and "report000-final" in rows[3]
     # the hyperparameters that did not fit are named
-    left = re.search(r"(\d+) more hyperparameters vary: ", out.stdout)
+    left = re.search(r"(\d+) more vary: ", out.stdout)
     assert left and int(left.group(1)) > (10 if width == 80 else 0)
     # failed and infeasible trials rank last; shown, they say why, whole
     assert "3 trials below these failed, were infeasible, diverged or ran out of memory " \
@@ -97,7 +100,7 @@ def test_leaderboard_all_and_chosen_columns_fit_in_more_tables(wide_study, tmp_p
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert max(map(len, lines)) <= 80 and "…" not in out.stdout
-    assert "more hyperparameters vary" not in out.stdout
+    assert "more vary" not in out.stdout
     headers = [line.split() for line in lines if line.lstrip().startswith("#  trial")]
     assert len(headers) > 2  # further tables, each led by rank and trial
     shown = {h for header in headers for h in header}
@@ -108,9 +111,10 @@ def test_leaderboard_all_and_chosen_columns_fit_in_more_tables(wide_study, tmp_p
     assert header[-3:] == ["aug_rotate", "lr", "reason"] and "growth" not in header
     board = pd.read_csv(wide_study / "leaderboard.csv")
     assert " 0.0333 " in out.stdout  # under 0.3535: one precision per column
-    # a whole-valued float setting reads as a float, a learning rate at one precision
-    assert re.search(r" (0|10|20)\.0 ", out.stdout) and "15.0" not in out.stdout.replace(
-        "15,438,986", "")
+    # a float setting searched over whole values reads as integers, a learning rate at one
+    # precision
+    assert re.search(r" (0|10|20) ", out.stdout) and not re.search(r" (0|10|20)\.0 ",
+                                                                  out.stdout)
     assert re.search(r"\de-0\d", out.stdout) or board["lr"].min() >= 1e-3
     out = hpo("leaderboard", wide_study, "--columns", "lrr", cwd=tmp_path)
     assert out.returncode == 2 and "has no column 'lrr' (did you mean lr?)" in out.stderr
@@ -126,3 +130,16 @@ def test_leaderboard_csv_is_the_file_unformatted(wide_study, tmp_path):
     assert rows[0] == ["rank", "trial_id", "point", "status", "val_acc", "best_epoch",
                        "params", "wall_s", "lr", "reason"]
     assert len(rows) == 3 and rows[1][1] == "3" and "," not in rows[2][6]
+
+
+def test_the_columns_that_mattered_come_first_and_the_rest_is_named_in_one_line(wide_study,
+                                                                                tmp_path):
+    out = hpo("leaderboard", wide_study, cwd=tmp_path, columns=120)
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("#  trial")).split()
+    # after the key columns: the study's most important dimensions, in their order
+    after = header[header.index("wall") + 2:]
+    assert after[:3] == ["lr", "optimizer", "aug_rotate"], header
+    footer = [line for line in lines if "more vary:" in line]
+    assert len(footer) == 1 and len(footer[0]) <= 120
+    assert footer[0].endswith("(--all shows them, --columns a,b picks)")

@@ -26,10 +26,11 @@ from rich.console import Console
 from hpo import compat, views
 from hpo.data import Dataset
 from hpo.errors import SpaceInfeasible, StudyFault
+from hpo.importance import importances
 from hpo.live import Progress
 from hpo.plan import Plan
 from hpo.provenance import now, versions
-from hpo.record import DUPLICATE, REJECTED, RUNS, Record
+from hpo.record import DUPLICATE, IMPORTANCES, REJECTED, RUNS, Record
 from hpo.status import Status
 from hpo.tuning.callbacks import StudyCallback
 from hpo.tuning.cluster import await_fit, join_cluster
@@ -94,6 +95,7 @@ def run_search(plan: Plan, record: Record, data: Dataset, console: Console,
                versions=versions())
     try:
         record.set_meta(RUNS, runs)
+        _keep_importances(record, space)
         views.rebuild(folder, record)
     except StudyFault as exc:
         searcher.fault(exc)
@@ -112,6 +114,16 @@ def run_search(plan: Plan, record: Record, data: Dataset, console: Console,
     if searcher.stopped_by in ("Ctrl-C", "SIGTERM"):
         raise KeyboardInterrupt
     return folder.path
+
+
+def _keep_importances(record: Record, space) -> None:
+    """What mattered so far, kept in the record: `hpo leaderboard` orders its columns by it."""
+    try:
+        found = importances(record, space.metric, space.mode)
+    except (ValueError, RuntimeError):  # fANOVA on too uniform a history: nothing to tell
+        return
+    if found.values:
+        record.set_meta(IMPORTANCES, found.values)
 
 
 def busy_fraction(intervals: list[tuple[float, float]], start: float, end: float) -> float:
