@@ -88,7 +88,8 @@ def write_report(study: str | Path, console=None) -> Path:
              (f"Leaderboard (top {TOP})", _top_table), ("Trials that failed", _failures),
              ("Final test results", _final)]
     html = {}
-    with Meter(console) if console is not None else nullcontext() as meter:
+    # a line per section in a log: a report of many trials takes a while on one core
+    with Meter(console, every_s=0) if console is not None else nullcontext() as meter:
         task = meter.task(f"report {study.name}", len(drawn), "sections") if meter else None
         for n, (title, draw) in enumerate(drawn, 1):
             html[title] = _guard(draw, ctx)
