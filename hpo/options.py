@@ -91,6 +91,10 @@ class SearchOptions:
     split_seed: int | None = option(
         None, "seed of the validation split and of --fraction", COUNT, IDENTITY, fallback=0)
     seed: int | None = option(None, "seed of the sampler", COUNT, IDENTITY, fallback=0)
+    warm_start: str | None = option(
+        None, "an earlier study's folder: a new study's sampler starts from its trials "
+        "(configs, values, per-epoch curves), keeping of each config what the space file "
+        "still searches and allows; given to a study that exists, it is ignored", path=True)
     storage: str | None = option(
         None, "the study's record in a database every node reaches, e.g. "
         "postgresql+psycopg://user:pass@host/db (default: results/<study>/study.db); its "

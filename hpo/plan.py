@@ -98,10 +98,28 @@ def plan_search(space_path, options: SearchOptions) -> Plan:
     if recorded:
         compare(plan, recorded["hpo_identity"], plan.identity(
             recorded["hpo_identity"].get("data")))
+    if options.warm_start and not recorded:
+        check_warm_start(options.warm_start, space)
     if not options.data:
         raise StudyError(f"{space.path}: no data: pass --data or set `data` in the space file")
     check_data_path(options.data)
     return plan
+
+
+def check_warm_start(folder: str, space: Space) -> None:
+    """Raise StudyError unless `folder` (--warm-start) is a study whose record this search
+    can start from: a study folder with its SQLite record, of the same metric."""
+    from hpo.record import SPACE, Record
+
+    study = StudyFolder(folder)
+    if not study.record.is_file():
+        raise StudyError(f"--warm-start {folder}: no study record (study.db) there")
+    earlier = Record.load(f"sqlite:///{study.record.resolve()}", study.name)
+    objectives = [tuple(o) for o in (earlier.meta.get(SPACE) or {}).get("objectives", [])]
+    earlier.close()
+    if objectives[:1] != list(space.objectives[:1]):
+        raise StudyError(f"--warm-start {folder}: it searched for {objectives[:1] or 'nothing'}"
+                         f", this space for {list(space.objectives[:1])}: no value carries")
 
 
 def apply_budget(space: Space, trials: int | None = None, max_epochs: int | None = None,

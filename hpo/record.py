@@ -9,10 +9,13 @@ Its schema, said here once:
                             hpo_data (the data's absolute path), hpo_runs (one entry per run:
                             its options, host, times, how it ended), hpo_best_weights (the
                             trial whose weights best.pt holds), hpo_importances (each
-                            dimension's, from the end of the last run)
+                            dimension's, from the end of the last run), hpo_warm_start (the
+                            study it started from, --warm-start)
     trial user attributes   hpo_kind: "trial" (ran, or runs), "rejected" (a draw that could not
                             be built or would not fit, never run), "duplicate" (a draw of a
-                            config already run, given that trial's result); hpo_config (the
+                            config already run, given that trial's result), "warm" (an
+                            earlier study's trial, given to the sampler by --warm-start, with
+                            hpo_warm_from); hpo_config (the
                             complete config), hpo_status (hpo.status.Status), hpo_reason,
                             hpo_epochs (every epoch's report), hpo_params, hpo_checkpoint (its
                             latest checkpoint, while it may be continued), hpo_duplicate_of
@@ -56,13 +59,15 @@ from hpo.status import CONFIG_FAULTS, FINISHED, Status
 # study user attributes
 IDENTITY, TRIALS, SPACE, DATA = "hpo_identity", "hpo_trials", "hpo_space", "hpo_data"
 RUNS, BEST_WEIGHTS, IMPORTANCES = "hpo_runs", "hpo_best_weights", "hpo_importances"
+WARM_START = "hpo_warm_start"  # the study a new one started from, and how many trials it gave
 # trial user attributes
 KIND, CONFIG, STATUS, REASON = "hpo_kind", "hpo_config", "hpo_status", "hpo_reason"
 EPOCHS, PARAMS, CHECKPOINT, DUPLICATE_OF = ("hpo_epochs", "hpo_params", "hpo_checkpoint",
                                             "hpo_duplicate_of")
 CONSTRAINT = "feasible"  # > 0: TPE ranks the trial below every feasible one
+WARM_FROM = "hpo_warm_from"  # on a warm-start trial: the study folder and number it came from
 # a trial's kinds
-TRIAL, REJECTED, DUPLICATE = "trial", "rejected", "duplicate"
+TRIAL, REJECTED, DUPLICATE, WARM = "trial", "rejected", "duplicate", "warm"
 # what each epoch's report keeps (besides its epoch), in epochs.csv's order
 EPOCH_FIELDS = ("val_acc", "val_loss", "train_loss", "img_per_s", "t_start", "t_end", "node",
                 "data", "decoded")
@@ -352,6 +357,40 @@ class Record:
                                                 skip_if_finished=True))
             state = TrialState.FAIL
         self._finish_draw(number, DUPLICATE, state, "", original)
+
+    def warm_start(self, earlier: Record, space, source: str) -> int:
+        """Give the sampler an earlier study's trials as if this study had run them
+        (`space`'s view of each config: hpo.space.Space.params_of; its values, its per-epoch
+        curve): completed trials at their best epoch, ASHA-stopped ones with their epochs.
+        Trials that failed, diverged, ran out of memory or could not be built, and what
+        keeps none of the space's dimensions, are not carried. They are no trials of this
+        study: no leaderboard row, no trial number among its trials'. Returns how many."""
+        from optuna.trial import create_trial
+
+        metric, mode = space.objectives[0]
+        dims = space.searched()
+        carried = 0
+        for t in earlier.real():
+            params = space.params_of(t.config)
+            best = t.best(metric, mode)
+            if not params or best is None or t.status not in FINISHED:
+                continue
+            curve = {e["epoch"]: e[metric] for e in t.epochs
+                     if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])}
+            others = [t.params] if len(space.objectives) > 1 else []
+            if len(space.objectives) > 1 and (t.status != Status.COMPLETED or None in others):
+                continue  # Optuna keeps no curve of a study of two objectives
+            frozen = create_trial(
+                params=params, distributions={k: dims[k].distribution() for k in params},
+                state=TrialState.COMPLETE if t.status == Status.COMPLETED else
+                TrialState.PRUNED,
+                values=[best[0], *others] if t.status == Status.COMPLETED else None,
+                intermediate_values=curve if len(space.objectives) == 1 else None,
+                user_attrs={KIND: WARM, WARM_FROM: f"{source}#{t.number}"})
+            self._retry(lambda: self.study.add_trial(frozen))
+            carried += 1
+        self.reload()
+        return carried
 
     def _finish_draw(self, number, kind, state, reason, original=None) -> None:
         t = self.trials[number]

@@ -35,6 +35,12 @@ class Choice:
     def suggest(self, trial, name: str):
         return trial.suggest_categorical(name, list(self.values))
 
+    def distribution(self):
+        """Optuna's distribution of this dimension (what suggest() draws from)."""
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(list(self.values))
+
     def bounds(self) -> list:
         return list(self.values)
 
@@ -53,6 +59,11 @@ class Uniform:
 
     def suggest(self, trial, name: str):
         return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def distribution(self):
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high, log=self.log)
 
     def bounds(self) -> list:
         return [self.low, self.high]
@@ -73,6 +84,11 @@ class IntRange:
 
     def suggest(self, trial, name: str):
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def distribution(self):
+        from optuna.distributions import IntDistribution
+
+        return IntDistribution(self.low, self.high, step=self.step, log=self.log)
 
     def bounds(self) -> list:
         return [self.low, self.high]
@@ -197,7 +213,9 @@ class Space:
 
     def params_of(self, config: dict[str, Any]) -> dict[str, Any]:
         """A config's values of the searched dimensions that exist for it and lie inside
-        them: enqueued in Optuna, they make define-by-run sampling return that config."""
+        them: enqueued in Optuna, they make define-by-run sampling return that config; for
+        an earlier study's config (--warm-start), what this space can take of it (a value
+        outside a dimension's range or choices, or a key it does not search, is dropped)."""
         return {k: config[k] for k, dim in self.searched().items()
                 if k in config and (dim.when is None or dim.when(config))
                 and _contains(dim, config[k])}

@@ -95,6 +95,13 @@ def begin(plan: Plan, console=None, content: str | None = None):
         record.set_meta(r.SPACE, {"path": str(Path(space.path).resolve()),
                                   "source": space.source,
                                   "objectives": [list(x) for x in space.objectives]})
+        if o.warm_start:
+            earlier = StudyFolder(o.warm_start)
+            carried = record.warm_start(r.Record.load(
+                f"sqlite:///{earlier.record.resolve()}", earlier.name), space, o.warm_start)
+            record.set_meta(r.WARM_START, {"study": o.warm_start, "trials": carried})
+            notify(f"warm start: {carried} trials of {o.warm_start} given to the sampler "
+                   "(values this space does not search or allow left out)")
         record.set_meta(r.IDENTITY, plan.identity(content))
     elif record.meta[r.IDENTITY].get("data") is None and content is not None:
         record.set_meta(r.IDENTITY, {**record.meta[r.IDENTITY], "data": content})

@@ -24,6 +24,7 @@ from hpo.record import (
     RUNS,
     SPACE,
     TRIALS,
+    WARM_START,
     Record,
     masked,
 )
@@ -72,6 +73,7 @@ def summary(record: Record) -> dict[str, Any]:
         "record": masked(record.url), "options": last.get("options", {}),
         "counts": dict(Counter(str(t.status) for t in trials)),
         "rejected": record.count(REJECTED), "duplicates": record.count(DUPLICATE),
+        "warm_start": meta.get(WARM_START),
         "best": best and {"trial_id": best.number, metric: best.best(metric, mode)[0]},
         "started": runs[0].get("started") if runs else None,
         "finished": last.get("ended") if last.get("ended") and not last.get("stopped_by")

@@ -191,6 +191,9 @@ MISTAKES = [
             "searched"),
     Mistake("hpo search s.py --results afile (a file)",
             lambda m: m.search("--results", m.f["afile"]), "afile: is a file, not a folder"),
+    Mistake("hpo search s.py --warm-start empty-folder (no study there)",
+            lambda m: m.search("--warm-start", m.f["nodata"], "--name", "x"),
+            "nodata: no study record (study.db) there"),
     # pretrained weights that are not there
     Mistake("hpo search spaces/transfer.py --weights-dir w (a file missing)",
             lambda m: ["search", ROOT / "spaces/transfer.py", "--data", m.data,

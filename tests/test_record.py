@@ -93,3 +93,29 @@ def test_a_storage_that_stops_answering_is_retried_then_given_up_in_one_line(stu
     record.set_meta("hpo_note", 2)
     assert time.time() - t0 < 30 and "answers again" in told[-1]
     assert Record.load(plan.url, plan.folder.name).meta["hpo_note"] == 2
+
+
+def test_a_warm_start_gives_the_sampler_what_the_new_space_can_take(tmp_path, tiny_parquet):
+    from conftest import TINY
+
+    # an earlier study: lr 0.05 (inside the new range) and 0.002 (outside it), one stopped by
+    # ASHA, one that diverged (not carried)
+    old, record = begun(tmp_path / "old", tiny_parquet)
+    add_trial(record, {"lr": 0.05, "optimizer": "adam", "stages": 1}, [0.4, 0.6])
+    add_trial(record, {"lr": 0.002, "optimizer": "adam", "stages": 2}, [0.3], epochs=4)
+    add_trial(record, {"lr": 0.05, "optimizer": "sgd", "stages": 1}, [0.1], status="diverged")
+    # the new space narrows lr and no longer searches the optimizer
+    space = tmp_path / "narrow.py"
+    space.write_text(TINY.read_text() + "\ndimensions['lr'] = loguniform(0.01, 0.1)\n"
+                     "dimensions['optimizer'] = 'adam'\nname = 'narrow'\n")
+    new, warm = begun(tmp_path / "new", tiny_parquet, space=space,
+                      warm_start=str(old.folder.path))
+    stored = stored_study(new.folder.path).trials
+    assert [t.user_attrs["hpo_kind"] for t in stored] == ["warm", "warm"]
+    completed, stopped = stored
+    assert completed.params == {"lr": 0.05, "stages": 1} and completed.values == [0.6]
+    # a value outside the new range is left out; the curve comes along
+    assert stopped.params == {"stages": 2} and stopped.intermediate_values == {1: 0.3}
+    assert stopped.state == TrialState.PRUNED
+    # they are no trials of the new study
+    assert warm.real() == [] and warm.meta["hpo_warm_start"]["trials"] == 2

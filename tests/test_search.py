@@ -3,6 +3,7 @@ small generated dataset) read after the fact, and runs of the driver in this pro
 fast trainable injected, for what a run does with the record it continues."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -196,3 +197,21 @@ def test_a_study_runs_from_a_folder_and_is_read_from_another(tmp_path, tiny_parq
     # the study recorded its data's absolute path: hpo train works from anywhere
     meta = json.loads((finished_study.folder / "study.json").read_text())
     assert Path(meta["data"]).is_absolute() and Path(meta["space"]).is_absolute()
+
+
+@pytest.mark.e2e
+def test_a_warm_started_study_draws_from_what_the_earlier_one_learnt(tmp_path, tiny_parquet):
+    old = search(TINY, tmp_path / "results", tiny_parquet, trials=10, name="old")
+    new = search(TINY, tmp_path / "results", tiny_parquet, trials=3, name="new",
+                 warm_start=str(old))
+    record = Record.load(f"sqlite:///{new / 'study.db'}", "new")
+    warm = [t for t in record.trials.values() if t.kind == "warm"]
+    assert len(warm) == 10 and len(record.real()) == 3
+    assert len(pd.read_csv(new / "leaderboard.csv")) == 3
+    meta = json.loads((new / "study.json").read_text())
+    assert meta["warm_start"] == {"study": str(old), "trials": 10}
+    # TPE's start-up is spent on the earlier trials: the new draws are its model's, near
+    # the earlier study's best lr (fast_trial scores best at lr 0.01) rather than anywhere
+    # in 1e-3..0.1
+    drawn = [t.config["lr"] for t in record.real() if not t.config.get("point")]
+    assert all(abs(math.log10(lr) + 2) < 0.8 for lr in drawn), drawn

@@ -30,7 +30,7 @@ from hpo.importance import importances
 from hpo.live import Progress
 from hpo.plan import Plan
 from hpo.provenance import now, versions
-from hpo.record import DUPLICATE, IMPORTANCES, REJECTED, RUNS, Record
+from hpo.record import DUPLICATE, IMPORTANCES, REJECTED, RUNS, WARM, Record
 from hpo.status import Status
 from hpo.tuning.callbacks import StudyCallback
 from hpo.tuning.cluster import await_fit, join_cluster
@@ -71,7 +71,7 @@ def run_search(plan: Plan, record: Record, data: Dataset, console: Console,
         if options.address:  # before the run is recorded: one that never starts is none
             await_fit(options.cpus_per_trial, options.gpus_per_trial or 0, options.node_wait,
                       lambda line: console.print(line, markup=False, highlight=False))
-        if not record.trials:
+        if all(t.kind == WARM for t in record.trials.values()):  # nothing drawn yet
             for name in space.starting_points:  # first: every study has to beat them
                 space.enqueue(record.study, space.point(name))
         unfinished, ended = len(record.unfinished()), len(record.ended())
