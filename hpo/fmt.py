@@ -14,7 +14,8 @@ import pandas as pd
 
 from hpo.config import SCHEMA, schema_key
 
-INTEGERS = {"rank", "best_epoch", "epochs_trained", "params", "epoch", "epochs", "seed"}
+INTEGERS = {"rank", "best_epoch", "epochs_trained", "params", "epoch", "epochs", "seed",
+            "runs"}
 TEXTS = {"trial_id", "point", "status", "reason", "node", "config", "name"}
 METRIC_PREFIXES = ("val_", "train_", "test_")
 MAX_DECIMALS = 4  # beyond: scientific (5.00e-04, not 0.000500)

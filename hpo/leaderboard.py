@@ -46,10 +46,13 @@ def config_columns(keys) -> list[str]:
 def frame(trials: Iterable[TrialRecord], objectives: tuple[tuple[str, str], ...]
           ) -> pd.DataFrame:
     """The leaderboard of the record's trials: rank, the fixed columns, the metric (the best
-    value over a trial's epochs), with two objectives a `pareto` column, then the config keys.
-    Trials that trained normally rank first, by value; then those that failed, diverged,
-    ran out of memory or were infeasible (their value is none to pick); then those with none.
-    """
+    value over a trial's epochs), with two objectives a `pareto` column, once the selection
+    reran the top configs their mean and standard deviation over all their runs and how many
+    (`<metric>_mean`, `<metric>_sd`, `runs`; best.json is the best mean), then the config
+    keys. The selection's trials rank first, by mean (rank 1 is best.json); then those that
+    trained normally, by value; then those that failed,
+    diverged, ran out of memory or were infeasible (their value is none to pick); then those
+    with none."""
     import pandas as pd
 
     (metric, mode), others = objectives[0], objectives[1:]
@@ -64,18 +67,25 @@ def frame(trials: Iterable[TrialRecord], objectives: tuple[tuple[str, str], ...]
                "params": t.params, "wall_s": round(seconds, 2) if t.epochs else None,
                "img_per_s": round(last["img_per_s"], 1) if last.get("img_per_s") else None,
                "node": last.get("node") or ""}
+        if (mean := t.mean(metric, mode)) is not None:
+            row.update({f"{metric}_mean": mean[0], f"{metric}_sd": mean[1], "runs": mean[2]})
         rows.append((row, t.config))
 
     def rank(item):
         row = item[0]
         value = row[metric]
         if value is None:
-            return (2, 0.0, row["trial_id"])
-        return (0 if row["status"] in RANKED else 1, -sign(mode) * value, row["trial_id"])
+            return (3, 0.0, row["trial_id"])
+        if f"{metric}_mean" in row:  # the selection's: by mean, as the study's best is
+            return (0, -sign(mode) * row[f"{metric}_mean"], row["trial_id"])
+        return (1 if row["status"] in RANKED else 2, -sign(mode) * value, row["trial_id"])
 
     rows.sort(key=rank)
     keys = config_columns({k for _, c in rows for k in c})
-    columns = [*KEY, metric, *(["pareto"] if others else []), *FIXED[len(KEY):], *keys]
+    selected = ([f"{metric}_mean", f"{metric}_sd", "runs"]
+                if any("runs" in r for r, _ in rows) else [])
+    columns = [*KEY, metric, *(["pareto"] if others else []), *selected, *FIXED[len(KEY):],
+               *keys]
     front = _pareto([r for r, _ in rows], objectives) if others else set()
     records = []
     for n, (row, config) in enumerate(rows, 1):

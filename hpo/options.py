@@ -99,6 +99,14 @@ class SearchOptions:
         None, "the study's record in a database every node reaches, e.g. "
         "postgresql+psycopg://user:pass@host/db (default: results/<study>/study.db); its "
         "password is never written down, so pass it again on a resume", resume=IDENTITY)
+    select: int | None = option(
+        None, "before the study names its best, its top N completed configs train again "
+        "with other seeds at their full epochs, and the best mean wins (0: one run's value "
+        "decides; default 3, or the study's on a resume)", COUNT, STICKY, metavar="N",
+        fallback=3)
+    select_seeds: int | None = option(
+        None, "more seeds each of those configs trains with (default 2, or the study's on a "
+        "resume)", COUNT, STICKY, metavar="N", fallback=2)
     name: str | None = option(
         None, "the study's name and folder (default: the space file's); an existing study "
         "of that name is resumed", Name())

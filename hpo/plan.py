@@ -201,10 +201,11 @@ def _first(exc: BaseException) -> str:
 def _resolve(options: SearchOptions, recorded: dict[str, Any], space: Space) -> SearchOptions:
     """Options with the recorded value (identity and sticky options), else the declared
     fallback, wherever the command left one out."""
-    from hpo.record import DATA, TRIALS
+    from hpo.record import DATA, SELECT, TRIALS
 
     identity = recorded.get("hpo_identity", {})
-    sticky = {"data": recorded.get(DATA), "trials": recorded.get(TRIALS)}
+    sticky = {"data": recorded.get(DATA), "trials": recorded.get(TRIALS),
+              **(recorded.get(SELECT) or {})}
     filled = {}
     for name, (_, o) in declared(SearchOptions).items():
         if getattr(options, name) is not None or o.resume not in (IDENTITY, STICKY):

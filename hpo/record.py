@@ -10,7 +10,9 @@ Its schema, said here once:
                             its options, host, times, how it ended), hpo_best_weights (the
                             trial whose weights best.pt holds), hpo_importances (each
                             dimension's, from the end of the last run), hpo_warm_start (the
-                            study it started from, --warm-start)
+                            study it started from, --warm-start), hpo_select (--select and
+                            --select-seeds), hpo_reruns:<n> (the selection's runs of trial n's
+                            config with other seeds; Optuna keeps an ended trial as it ended)
     trial user attributes   hpo_kind: "trial" (ran, or runs), "rejected" (a draw that could not
                             be built or would not fit, never run), "duplicate" (a draw of a
                             config already run, given that trial's result), "warm" (an
@@ -64,6 +66,9 @@ WARM_START = "hpo_warm_start"  # the study a new one started from, and how many 
 KIND, CONFIG, STATUS, REASON = "hpo_kind", "hpo_config", "hpo_status", "hpo_reason"
 EPOCHS, PARAMS, CHECKPOINT, DUPLICATE_OF = ("hpo_epochs", "hpo_params", "hpo_checkpoint",
                                             "hpo_duplicate_of")
+SELECT = "hpo_select"  # the study's --select and --select-seeds: {select, select_seeds}
+RERUNS = "hpo_reruns:"  # + a trial's number: the selection's runs of its config with other
+# seeds, [{seed, value, status}]
 CONSTRAINT = "feasible"  # > 0: TPE ranks the trial below every feasible one
 WARM_FROM = "hpo_warm_from"  # on a warm-start trial: the study folder and number it came from
 # a trial's kinds
@@ -97,6 +102,7 @@ class TrialRecord:
     drawn: dict[str, Any] = field(default_factory=dict)  # what the sampler drew (its params)
     distributions: dict[str, Any] = field(default_factory=dict)  # ... and from where
     point: str | None = None  # the starting point it is, if one
+    reruns: list[dict[str, Any]] = field(default_factory=list)  # the selection's (hpo.select)
 
     @property
     def unfinished(self) -> bool:
@@ -113,6 +119,24 @@ class TrialRecord:
         found = [(e[metric], e["epoch"]) for e in self.epochs
                  if isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])]
         return max(found, key=lambda v: (sign(mode) * v[0], -v[1])) if found else None
+
+    def runs(self, metric: str, mode: str) -> list[float]:
+        """Its value in every run of its config: this trial's best epoch, then each rerun's
+        (the selection's, with other seeds; one that failed counts as none)."""
+        best = self.best(metric, mode)
+        return ([best[0]] if best else []) + [r["value"] for r in self.reruns
+                                              if r.get("value") is not None]
+
+    def mean(self, metric: str, mode: str) -> tuple[float, float, int] | None:
+        """(mean, standard deviation, runs) of its value over its runs; None before the
+        selection reran it."""
+        runs = self.runs(metric, mode)
+        if not self.reruns or not runs:
+            return None
+        mean = sum(runs) / len(runs)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in runs) / (len(runs) - 1)) if len(runs) > 1 \
+            else 0.0
+        return mean, sd, len(runs)
 
     @classmethod
     def of(cls, t: FrozenTrial) -> TrialRecord:
@@ -252,6 +276,9 @@ class Record:
         frozen = self._retry(lambda: self.study.get_trials(deepcopy=False))
         self.trials = {t.number: TrialRecord.of(t) for t in frozen}
         self.meta = dict(self._retry(lambda: self.study.user_attrs))
+        for key, runs in self.meta.items():
+            if key.startswith(RERUNS) and int(key[len(RERUNS):]) in self.trials:
+                self.trials[int(key[len(RERUNS):])].reruns = list(runs)
 
     def settle(self) -> list[int]:
         """End what a driver that died mid-draw left half-made: a draw asked of Optuna whose
@@ -289,11 +316,21 @@ class Record:
         return {config_key(t.config): t.number for t in self.real()}
 
     def best(self, metric: str, mode: str) -> TrialRecord | None:
-        """The best finished (completed or stopped) trial by its best epoch's value; of
-        equal ones, the first."""
+        """The study's best: once the selection has rerun the top configs, the one of best
+        mean over its runs; before, the best finished (completed or stopped) trial by its
+        best epoch's value. Of equal ones, the first."""
+        rerun = [(sign(mode) * m[0], -t.number, t) for t in self.real()
+                 if (m := t.mean(metric, mode)) is not None]
+        if rerun:
+            return max(rerun, key=lambda r: r[:2])[2]
+        first = self.top(metric, mode, FINISHED, 1)
+        return first[0] if first else None
+
+    def top(self, metric: str, mode: str, statuses, k: int) -> list[TrialRecord]:
+        """The `k` trials of `statuses` with the best single-run values, best first."""
         ranked = [(sign(mode) * b[0], -t.number, t) for t in self.real()
-                  if t.status in FINISHED and (b := t.best(metric, mode)) is not None]
-        return max(ranked, key=lambda r: r[:2])[2] if ranked else None
+                  if t.status in statuses and (b := t.best(metric, mode)) is not None]
+        return [t for *_, t in sorted(ranked, key=lambda r: r[:2], reverse=True)[:k]]
 
     # -- the study's attributes -------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
@@ -428,6 +465,16 @@ class Record:
             handle = self._handle(number)
             self._retry(lambda: handle.report(value, epoch))
             steps.add(epoch)
+
+    def rerun(self, number: int, seed: int, value: float | None, status: Status) -> None:
+        """The selection ran trial `number`'s config again with `seed`: its best epoch's
+        value (None when it did not finish)."""
+        t = self.trials[number]
+        runs = [r for r in t.reruns if r["seed"] != seed] + [
+            {"seed": seed, "value": _plain(value), "status": status.value}]
+        runs.sort(key=lambda r: r["seed"])
+        self.set_meta(f"{RERUNS}{number}", runs)
+        t.reruns = runs
 
     def checkpoint(self, number: int, uri: str) -> None:
         """Where the trial's latest checkpoint is, for a later run to continue it."""

@@ -85,7 +85,8 @@ def write_report(study: str | Path, console=None) -> Path:
              ("Best so far against wall time", _best_so_far),
              (f"{metric} against trainable parameters", _pareto),
              ("Slices of the most important dimensions", _slices),
-             (f"Leaderboard (top {TOP})", _top_table), ("Trials that failed", _failures),
+             (f"Leaderboard (top {TOP})", _top_table), ("Choosing the best", _selection),
+             ("Trials that failed", _failures),
              ("Final test results", _final)]
     html = {}
     # a line per section in a log: a report of many trials takes a while on one core
@@ -187,8 +188,10 @@ def _header(ctx) -> str:
                           f"{meta.get('duplicates', 0)} repeats of configs already run"),
         "busy": f"{busy:.0%} of the wall time computing" if busy is not None else "?",
         "time went to": _time_spent(meta.get("time")),
-        "best trial": (f"{_named(best)} · {metric} {fmt.metric(best[metric])}" if best
-                       else "none yet"),
+        "best trial": (f"{_named(best)} · {metric} {fmt.metric(best[metric])}"
+                       + (f", mean {fmt.metric(best[metric + '_mean'])} over "
+                          f"{int(best['runs'])} seeds" if pd.notna(best.get("runs")) else "")
+                       if best else "none yet"),
     }
     rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items.items())
     return f"<h1>{escape(ctx['study'].name)}</h1>\n<dl>{rows}</dl>\n"
@@ -379,9 +382,33 @@ def _top_table(ctx) -> str:
     if board.empty:
         raise _Missing("no trials yet")
     # led by who the trial is and how it did, then what mattered, then the rest of its row
-    lead = [c for c in (*KEY, ctx["metric"], "pareto") if c in board and board[c].notna().any()]
+    m = ctx["metric"]
+    lead = [c for c in (*KEY, m, "pareto", f"{m}_mean", f"{m}_sd", "runs")
+            if c in board and board[c].notna().any()]
     tail = [c for c in FIXED if c not in lead and c != "reason" and board[c].notna().any()]
     return _table(board.head(TOP)[lead + _varying(ctx) + tail])
+
+
+def _selection(ctx) -> str:
+    """The selection's configs, each with its one search run's value and its mean over seeds;
+    and whether the mean chose another winner than one run would have."""
+    board, m, meta = ctx["board"], ctx["metric"], ctx["meta"]
+    if "runs" not in board or board["runs"].isna().all():
+        chosen = (meta.get("selection") or {}).get("select")
+        raise _Missing("not run: one run's value chose the best (--select 0)" if chosen == 0
+                       else "not run yet: the top configs train again with other seeds once "
+                       "the search has run all its trials")
+    rerun = board[board["runs"].notna()]
+    single = rerun.loc[(rerun[m] * sign(ctx["mode"])).idxmax()]
+    best = rerun.iloc[0]
+    said = ("one run's value would have chosen the same" if single.trial_id == best.trial_id
+            else f"one run's value would have chosen trial {single.trial_id} "
+            f"({fmt.metric(single[m])} in its search run)")
+    line = (f"<p>The top {len(rerun)} configs trained again with other seeds; the best mean, "
+            f"trial {best.trial_id} ({fmt.metric(best[f'{m}_mean'])} ± "
+            f"{fmt.metric(best[f'{m}_sd'])} over {int(best.runs)} runs), is the study's best "
+            f"(best.json); {escape(said, quote=False)}.</p>\n")
+    return line + _table(rerun[["trial_id", "point", m, f"{m}_mean", f"{m}_sd", "runs"]])
 
 
 def _failures(ctx) -> str:

@@ -109,6 +109,9 @@ def begin(plan: Plan, console=None, content: str | None = None):
         record.set_meta(r.TRIALS, space.trials)
     if record.meta.get(r.DATA) != o.data:
         record.set_meta(r.DATA, o.data)
+    selection = {"select": o.select, "select_seeds": o.select_seeds}
+    if record.meta.get(r.SELECT) != selection:
+        record.set_meta(r.SELECT, selection)
     settled = record.settle()
     if settled and console is not None:
         console.print(f"{len(settled)} draw(s) a stopped driver left half-made are counted as "
@@ -128,7 +131,11 @@ def check_content(plan: Plan, content: str) -> None:
 def complete(plan: Plan, record, console=None) -> bool:
     """Whether the record holds every trial the study asks for, with none to continue; then
     say so. A complete study run again changes nothing."""
-    if record.unfinished() or len(record.ended()) < plan.space.trials:
+    from hpo.selection import pending
+
+    s, o = plan.space, plan.options
+    if (record.unfinished() or len(record.ended()) < s.trials
+            or pending(record, s.metric, s.mode, o.select, o.select_seeds)):
         return False
     if console is None:
         from rich.console import Console

@@ -100,7 +100,8 @@ HEADERS = {"rank": "#", "trial_id": "trial", "best_epoch": "best ep",
 
 def _key_columns(columns) -> list[str]:
     """The columns every view of a leaderboard starts with."""
-    return [c for c in (*KEY, metric_of(columns), "pareto",
+    metric = metric_of(columns)
+    return [c for c in (*KEY, metric, "pareto", f"{metric}_mean", f"{metric}_sd", "runs",
                         "best_epoch", "params", "wall_s") if c in columns]
 
 

@@ -15,6 +15,7 @@ from hpo.files import write_atomic, write_json
 from hpo.folder import StudyFolder
 from hpo.leaderboard import frame
 from hpo.record import (
+    BEST_WEIGHTS,
     DATA,
     DUPLICATE,
     EPOCH_FIELDS,
@@ -22,6 +23,7 @@ from hpo.record import (
     IMPORTANCES,
     REJECTED,
     RUNS,
+    SELECT,
     SPACE,
     TRIALS,
     WARM_START,
@@ -74,7 +76,8 @@ def summary(record: Record) -> dict[str, Any]:
         "counts": dict(Counter(str(t.status) for t in trials)),
         "rejected": record.count(REJECTED), "duplicates": record.count(DUPLICATE),
         "warm_start": meta.get(WARM_START),
-        "best": best and {"trial_id": best.number, metric: best.best(metric, mode)[0]},
+        "best": best and _best(best, metric, mode, meta.get(BEST_WEIGHTS)),
+        "selection": meta.get(SELECT),
         "started": runs[0].get("started") if runs else None,
         "finished": last.get("ended") if last.get("ended") and not last.get("stopped_by")
         else None,
@@ -84,6 +87,19 @@ def summary(record: Record) -> dict[str, Any]:
         "importances": meta.get(IMPORTANCES, {}),
         "runs": runs,
     }
+    return out
+
+
+def _best(best, metric: str, mode: str, weights: dict | None) -> dict[str, Any]:
+    """study.json's best: its trial and value; once the selection reran it, its mean, spread
+    and runs too; and which run's weights best.pt holds."""
+    out = {"trial_id": best.number, metric: best.best(metric, mode)[0]}
+    if (mean := best.mean(metric, mode)) is not None:
+        out.update({f"{metric}_mean": mean[0], f"{metric}_sd": mean[1], "runs": mean[2],
+                    "seeds": [best.config.get("seed", 0)] + [r["seed"] for r in best.reruns]})
+    if weights and weights.get("trial") == best.number:
+        out["weights"] = {"trial_id": best.number,
+                          "seed": weights.get("seed", best.config.get("seed", 0))}
     return out
 
 

@@ -219,6 +219,7 @@ def search(space: Path, results: Path, data: Path, trainable=fast_trial, **optio
         # Ray's workers cannot import a test module: the trainable travels by value
         cloudpickle.register_pickle_by_value(sys.modules[trainable.__module__])
     options.setdefault("num_cpus", 2)
+    options.setdefault("select", 0)  # the selection's reruns: tests/test_selection.py
     return run_study(space, SearchOptions(data=str(data), results=str(results), **options),
                      console=Console(file=io.StringIO(), width=120), trainable=trainable)
 
@@ -243,8 +244,9 @@ class Finished:
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory, tiny_parquet) -> Finished:
     """One real `hpo search` of tests/spaces/tiny.py (6 trials, ASHA, the starting point, real
-    training), run to its end once per session with a reader polling its leaderboard, for the
-    tests that only read a finished study. They must not change it."""
+    training; then its top 2 configs once more each, with seed 1), run to its end once per
+    session with a reader polling its leaderboard, for the tests that only read a finished
+    study. They must not change it."""
     import threading
 
     import pandas as pd
@@ -262,7 +264,8 @@ def finished_study(tmp_path_factory, tiny_parquet) -> Finished:
     reader = threading.Thread(target=read_while_running)
     reader.start()
     try:
-        run = hpo_command("search", TINY, "--data", tiny_parquet, "--num-cpus", 2, cwd=cwd)
+        run = hpo_command("search", TINY, "--data", tiny_parquet, "--num-cpus", 2,
+                          "--select", 2, "--select-seeds", 1, cwd=cwd)
     finally:
         done.set()
         reader.join()

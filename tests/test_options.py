@@ -84,7 +84,8 @@ def test_what_a_resume_does_with_each_option_is_declared():
     resume = {n: o.resume for n, (_, o) in declared(SearchOptions).items()}
     assert {n for n, r in resume.items() if r == IDENTITY} == {
         "max_epochs", "grace_period", "fraction", "split_seed", "seed", "storage"}
-    assert {n for n, r in resume.items() if r == STICKY} == {"data", "trials"}
+    assert {n for n, r in resume.items() if r == STICKY} == {"data", "trials", "select",
+                                                             "select_seeds"}
 
 
 def test_the_docs_rows_say_default_values_and_resume_rules():

@@ -16,7 +16,8 @@ from conftest import begun, write_trial
 from hpo import views
 from hpo.errors import Infeasible
 from hpo.files import write_json
-from hpo.record import DATA, RUNS
+from hpo.folder import StudyFolder
+from hpo.record import DATA, RUNS, Record
 from hpo.report import pareto_front, write_report
 from hpo.status import Status
 
@@ -241,3 +242,24 @@ def test_images_load_in_headless_chromium(report, tmp_path):
     assert f'data-images="{html.count("<img")}"' in body.group(0)
     # every plot is drawn as wide as the page's text, none at 60% of it
     assert 'data-narrowest-image="100"' in body.group(0)
+
+
+def test_the_selection_is_told_with_its_means(report, tmp_path, tiny_parquet):
+    _, html = report
+    assert "not run yet: the top configs train again" in html.split(
+        "<h2>Choosing the best</h2>")[1].split("<h2>")[0]
+    study = make_study(tmp_path, tiny_parquet)
+    record = Record.load(f"sqlite:///{study / 'study.db'}", "toy")
+    first, second = record.top("val_acc", "max", {Status.COMPLETED}, 2)
+    # the second's seeds do better than the first's: the mean chooses it
+    record.rerun(first.number, 1, first.best("val_acc", "max")[0] - 0.3, Status.COMPLETED)
+    record.rerun(second.number, 1, second.best("val_acc", "max")[0], Status.COMPLETED)
+    views.rebuild(StudyFolder(study), record)
+    html = write_report(study).read_text()
+    section = html.split("<h2>Choosing the best</h2>")[1].split("<h2>")[0]
+    assert f"the best mean, trial {second.number} (" in section
+    assert f"one run's value would have chosen trial {first.number}" in section
+    assert section.count("<tr>") == 3
+    assert re.search(rf"trial {second.number} · val_acc [0-9.]+, mean [0-9.]+ over 2 seeds",
+                     html)
+    assert pd.read_csv(study / "leaderboard.csv").trial_id[0] == second.number

@@ -102,6 +102,13 @@ def test_the_best_config_and_weights_reproduce_a_trial(finished_study, tiny_parq
     model = build_model(config, data.image_shape, data.num_classes)
     # weights_only: a checkpoint is data, never code to run
     model.load_state_dict(torch.load(finished_study.folder / "best.pt", weights_only=True))
+    # the best of the selection's two configs, by its mean over seeds 0 and 1; best.pt holds
+    # the weights of one of its runs
+    best = json.loads((finished_study.folder / "study.json").read_text())["best"]
+    assert best["runs"] == 2 and best["seeds"] == [0, 1]
+    assert best["weights"]["trial_id"] == best["trial_id"] and best["weights"]["seed"] in (0, 1)
+    board = pd.read_csv(finished_study.folder / "leaderboard.csv")
+    assert board.trial_id[0] == best["trial_id"] and board.runs.notna().sum() == 2
     final = run_trial({**config, "epochs": 1}, data, lambda *a, **k: None)
     assert final["status"] == "completed"
 

@@ -182,10 +182,10 @@ class StudyCallback(compat.DriverOnly, tune.Callback):
         except StudyFault as exc:
             self.searcher.fault(exc)
         if checkpoint is not None and not self.keep_checkpoints:
-            _delete_checkpoints(checkpoint)
+            delete_checkpoints(checkpoint)
 
 
-def _delete_checkpoints(latest: tune.Checkpoint) -> None:
+def delete_checkpoints(latest: tune.Checkpoint) -> None:
     """Every checkpoint of the trial whose latest is `latest` (an earlier run of the study may
     have left others beside it)."""
     fs, trial_dir = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))

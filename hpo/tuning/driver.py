@@ -31,10 +31,12 @@ from hpo.live import Progress
 from hpo.plan import Plan
 from hpo.provenance import now, versions
 from hpo.record import DUPLICATE, IMPORTANCES, REJECTED, RUNS, WARM, Record
+from hpo.selection import pending
 from hpo.status import Status
 from hpo.tuning.callbacks import StudyCallback
 from hpo.tuning.cluster import await_fit, join_cluster
 from hpo.tuning.placement import feasibility, probe, trial_resources
+from hpo.tuning.reruns import run_reruns
 from hpo.tuning.scheduler import Rungs
 from hpo.tuning.searcher import MAX_DUPLICATES_IN_A_ROW, StudySearcher
 from hpo.tuning.trackers import tracker_callbacks
@@ -175,14 +177,33 @@ def _run(plan: Plan, record: Record, data: Dataset, budget: int, console: Consol
     scheduler = Rungs(space.metric, space.mode, space.rungs(), space.reduction_factor,
                       history)
     resume = {t.number: t.checkpoint for t in record.unfinished() if t.checkpoint}
-    trainable = tune.with_resources(tune.with_parameters(
+    wrapped = tune.with_resources(tune.with_parameters(
         trainable, data=data.without_test(), metric=space.metric, mode=space.mode,
         rungs=tuple(scheduler.rungs), checkpoint_every=options.checkpoint_every,
         resume=resume), resources)
-    tuner = new_tuner(space, options, folder.path, trainable, searcher, callback, scheduler,
-                      concurrency, len(record.unfinished()) + budget)
-    with progress, _interruptible(searcher):
-        tuner.fit()
+    stop = _Stop(searcher, callback, options.epoch_budget, options.time_budget)
+    samples = len(record.unfinished()) + budget
+    with _interruptible(searcher):
+        if samples:
+            tuner = new_tuner(space, options, folder.path, wrapped, searcher, callback,
+                              scheduler, concurrency, samples, stop)
+            with progress:
+                tuner.fit()
+        _end_lost(searcher, callback, record, space)
+        callback.refresh(force=True)
+        todo = pending(record, space.metric, space.mode, options.select, options.select_seeds)
+        if todo and not (searcher.interrupted or searcher.error or record.unfinished()
+                         or len(record.ended()) < space.trials):
+            run_reruns(todo, record, folder, space, options, data, console, trainable,
+                       resources, concurrency, stop, _Quiet())
+            callback.refresh(force=True)
+    return searcher, callback
+
+
+def _end_lost(searcher: StudySearcher, callback: StudyCallback, record: Record,
+              space) -> None:
+    """The trials this run started that Tune ended without a word: those a stop cut short
+    stay unfinished, to be continued; any other is lost."""
     for number in searcher.running().values():
         try:
             if searcher.interrupted:
@@ -192,13 +213,11 @@ def _run(plan: Plan, record: Record, data: Dataset, budget: int, console: Consol
                            space.mode)
         except StudyFault as exc:  # unrecorded, it stays unfinished: continued next run
             searcher.fault(exc)
-    callback.refresh(force=True)
-    return searcher, callback
 
 
 def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
               callback: StudyCallback, scheduler: Rungs, concurrency: int,
-              samples: int) -> tune.Tuner:
+              samples: int, stop: tune.Stopper) -> tune.Tuner:
     """The Tune experiment of one run of a study: `samples` trials from `searcher`, at most
     `concurrency` at once, stopped by `scheduler`, watched by `callback` and logged to the
     trackers of --log, in <study>/ray/trial-<n> (or <--storage-path>/<study>/trial-<n>)."""
@@ -218,8 +237,7 @@ def new_tuner(space, options, study: Path, trainable, searcher: StudySearcher,
             progress_reporter=_Quiet(),
             callbacks=[callback, *tracker_callbacks(options.log, study,
                                                     options.wandb_project)],
-            stop=_Stop(searcher, callback, options.epoch_budget, options.time_budget),
-            failure_config=tune.FailureConfig(max_failures=2),
+            stop=stop, failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
 

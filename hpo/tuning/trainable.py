@@ -31,7 +31,8 @@ def train_trial(config: dict, data: Dataset, metric: str, mode: str, rungs: tupl
     checkpoint URI).
     """
     number = config["trial"]
-    config = {k: v for k, v in config.items() if k != "trial"}
+    # "rerun": the selection's seed of a config run again (hpo.tuning.reruns)
+    config = {k: v for k, v in config.items() if k not in ("trial", "rerun")}
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
     if torch.cuda.is_available() and 0 < gpus < 1:
         # a trial that outgrows its share fails alone ("oom") instead of starving the
