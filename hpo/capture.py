@@ -28,8 +28,8 @@ def output_to(log_path: Path, console: Console | None = None, verbose: bool = Fa
     terminal = None
     if console is None:
         terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
-        # soft wraps: a line in a log stays one line, and a terminal wraps it as it likes
-        console = Console(file=terminal, soft_wrap=True)
+        # a line in a log stays one line; on a terminal rich wraps it between words
+        console = Console(file=terminal, soft_wrap=not terminal.isatty())
     log = open(log_path, "ab", buffering=0)
     echo = None
     if verbose:

@@ -17,6 +17,7 @@ from hpo.packing import CONTEXT_BYTES, Packer, predict_bytes
 from hpo.space import load_space, random_configs
 from hpo.train import peak_memory
 from hpo.tuning.placement import probe, trial_resources
+from hpo.tuning.reruns import Listed
 
 ROOT = Path(__file__).parents[1]
 SPACE = load_space(ROOT / "spaces/cifar10.py")
@@ -130,7 +131,7 @@ def test_tune_gives_each_trial_the_fraction_its_config_needs(tmp_path):
         trainable = tune.with_resources(reports_its_share, resources)
         points = [{**c, "trial": n} for n, c in enumerate(configs[:6])]
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-            search_alg=tune.search.BasicVariantGenerator(points_to_evaluate=points),
+            search_alg=Listed(points),
             num_samples=len(points), max_concurrent_trials=slots),
             run_config=tune.RunConfig(storage_path=str(study), verbose=0))
         results = tuner.fit()

@@ -42,7 +42,7 @@ def run_reruns(todo: list[tuple[int, int]], record: Record, folder: StudyFolder,
         trainable, data=data.without_test(), metric=space.metric, mode=space.mode, rungs=(),
         checkpoint_every=math.inf, resume={}), resources)
     tuner = tune.Tuner(wrapped, tune_config=tune.TuneConfig(
-        search_alg=_Listed(configs), num_samples=len(configs),
+        search_alg=Listed(configs), num_samples=len(configs),
         max_concurrent_trials=concurrency, metric=space.metric, mode=space.mode,
         trial_name_creator=_name, trial_dirname_creator=_name),
         run_config=tune.RunConfig(
@@ -58,7 +58,7 @@ def run_reruns(todo: list[tuple[int, int]], record: Record, folder: StudyFolder,
     watch.keep_best(folder, options.keep_checkpoints)
 
 
-class _Listed(Searcher):
+class Listed(Searcher):
     """The reruns' configs, in order, as Tune asks for trials."""
 
     def __init__(self, configs: list[dict]):
@@ -76,6 +76,11 @@ def _name(trial) -> str:
     return f"trial-{trial.config['trial']:04d}-seed{trial.config['rerun']}"
 
 
+def _label(trial) -> str:
+    """How the live view names a rerun: "best val_acc 0.91 (trial 5 seed 1)"."""
+    return f"{trial.config['trial']} seed {trial.config['rerun']}"
+
+
 class _Watch(compat.DriverOnly, tune.Callback):
     """Each rerun's best epoch into the record as it ends; its last checkpoint kept (it
     holds its best epoch's weights) until the best is chosen."""
@@ -89,7 +94,7 @@ class _Watch(compat.DriverOnly, tune.Callback):
         self.checkpoints: dict[tuple[int, int], Any] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.progress.trial_started(_name(trial), "", trial.config.get("epochs"))
+        self.progress.trial_started(_label(trial), "", trial.config.get("epochs"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.space.metric)
@@ -98,7 +103,7 @@ class _Watch(compat.DriverOnly, tune.Callback):
             if old is None or sign(self.space.mode) * value > sign(self.space.mode) * old:
                 self.best[trial.trial_id] = value
         self.last[trial.trial_id] = result
-        self.progress.trial_result(_name(trial), result)
+        self.progress.trial_result(_label(trial), result)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self.checkpoints[(trial.config["trial"], trial.config["rerun"])] = checkpoint
@@ -114,13 +119,15 @@ class _Watch(compat.DriverOnly, tune.Callback):
         status = decide(self.last.get(trial.trial_id), error)
         if status is not Status.COMPLETED and self.searcher is not None and (
                 self.searcher.interrupted or self.searcher.error):
-            return  # cut short by a stop: it runs again next time
+            # cut short by a stop: unrecorded, it runs again next time
+            self.progress.trial_ended(_label(trial), str(Status.INTERRUPTED))
+            return
         try:
             self.record.rerun(trial.config["trial"], trial.config["rerun"],
                               self.best.get(trial.trial_id) if not error else None, status)
         except StudyFault as exc:
             self.searcher.fault(exc)
-        self.progress.trial_ended(_name(trial), str(status))
+        self.progress.trial_ended(_label(trial), str(status))
 
     def keep_best(self, folder: StudyFolder, keep_checkpoints: bool) -> None:
         """best.pt from the chosen config's best rerun, unless it already holds that
