@@ -1,6 +1,6 @@
 """`hpo train --ensemble K`: K models retrained, each tested once and the mean of their
 probabilities once; configs (the top K completed configs) or seeds (the best config's seeds)
-choose the members.
+choose the members; the ensemble exports as one model that hpo predict runs.
 
 The study is a record of four trials written without training (tests/conftest.py's
 write_board); the members are trained for real, 2 epochs on the tiny data.
@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
-from test_export import network_probabilities
+from test_export import PROB_TOL, network_probabilities, run_onnx, run_program
 
 from conftest import TINY, write_board
+from hpo.cli import main
 from hpo.config import complete, read_config
+from hpo.export import export_model, find_ensemble, load_classifier, load_ensemble
 from hpo.final import train
 from hpo.options import TrainOptions
+from hpo.predict import Model
 from hpo.study import load_study_data
 
 BASE = dict(stages=1, convs_1=1, width=8, epochs=2, batch_size=64, optimizer="adam", lr=0.01)
@@ -110,3 +113,37 @@ def test_seeds_are_the_best_config_trained_again_and_sit_beside_a_plain_retrain(
     assert all(torch.equal(plain[k], member[k]) for k in plain)
     probs, labels = recomputed(study, members, tmp_path)
     assert ensemble["test_acc"] == (np.mean(probs, axis=0).argmax(1) == labels).mean()
+
+
+def test_the_ensemble_exports_as_one_model_that_averages_its_members(study, tmp_path):
+    members, summary = find_ensemble(study)
+    _, data = load_study_data(study)
+    images = np.ascontiguousarray(data.x_test.transpose(0, 2, 3, 1))
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        each = [load_classifier(study, w)[0](x).numpy() for w in members]
+        together = load_ensemble(study, members)[0](x).numpy()
+    expected = np.mean(each, axis=0)
+    assert np.abs(together - expected).max() < PROB_TOL
+    # and the members' classifiers are the networks hpo tested
+    probs, _ = recomputed(study, summary["members"])
+    assert np.abs(np.array(each) - np.array(probs)).max() < PROB_TOL
+
+    onnx_file = export_model(study, tmp_path / "e.onnx", ensemble=True)
+    assert np.abs(run_onnx(onnx_file, images) - expected).max() < PROB_TOL
+    assert np.abs(Model(onnx_file, cpu=True).run(images) - expected).max() < PROB_TOL
+    import onnx
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load(onnx_file).metadata_props
+            if p.value[:1] in "[{"}
+    listed = meta["ensemble"]["members"]
+    assert meta["ensemble"]["of"] == "configs"
+    assert meta["ensemble"]["test_acc"] == summary["test_acc"]
+    assert [m["trial_id"] for m in listed] == [1, 3]
+    assert [m["weights"] for m in listed] == ["final/ensemble-0.pt", "final/ensemble-1.pt"]
+    assert [m["normalization"]["of"] for m in listed] == ["train+val", "none: pixels /255 only"]
+    assert meta["classes"] == [f"class{k}" for k in range(10)]
+
+    assert main(["export", str(study), "--final", "--ensemble", "--model",
+                 str(tmp_path / "e.pt2")]) == 0
+    assert np.abs(run_program(tmp_path / "e.pt2", images) - expected).max() < PROB_TOL
