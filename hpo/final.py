@@ -55,7 +55,7 @@ def train(options: TrainOptions, console: Console | None = None) -> dict[str, An
             raise ConfigError(f"{target}: no starting point {unknown[0]!r} in its space (it "
                               f"has: {', '.join(space.starting_points) or 'none'})")
         if options.ensemble and options.ensemble_of == "configs":
-            jobs = _top_configs(target, options.ensemble)
+            jobs = top_configs(target, options.ensemble)
         elif not options.point and not folder.best_config.is_file():
             raise StudyError(f"{target}: no trial has finished yet, so there is no best "
                              "config to retrain (--point NAME retrains a starting point)")
@@ -97,15 +97,15 @@ def train(options: TrainOptions, console: Console | None = None) -> dict[str, An
     return read_json_object(out / "results.json", "results file")
 
 
-def _top_configs(study: Path, k: int) -> list[tuple[int, dict[str, Any]]]:
-    """(trial id, config with seed 0) of the study's top `k` completed trials, best first;
-    StudyError when it has fewer."""
+def top_configs(study: Path, k: int, seed: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """(trial id, config with `seed`) of the study's top `k` completed trials, best first:
+    the members of an --ensemble-of configs. StudyError when it has fewer."""
     completed = completed_configs(study)
     if len(completed) < k:
         raise StudyError(f"{study}: --ensemble {k} needs {k} completed configs and the study "
                          f"has {len(completed)}; pass --ensemble {max(2, len(completed))} or "
                          "--ensemble-of seeds")
-    return [(tid, {**config, "seed": 0}) for tid, config in completed[:k]]
+    return [(tid, {**config, "seed": seed}) for tid, config in completed[:k]]
 
 
 def retrain(config: Mapping[str, Any], data: Dataset, seeds: Sequence[int], out: Path,
