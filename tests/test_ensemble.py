@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from test_export import PROB_TOL, network_probabilities, run_onnx, run_program
 
+import hpo
 from conftest import TINY, write_board
 from hpo.cli import main
 from hpo.config import complete, read_config
@@ -98,8 +99,8 @@ def test_seeds_are_the_best_config_trained_again_and_sit_beside_a_plain_retrain(
     console = Console(file=StringIO(), width=200)
     # one epoch each (--epochs): what is tested here is which models, not how good
     train(TrainOptions(target=str(study), seeds=1, epochs=1, out=str(tmp_path)), console)
-    results = train(TrainOptions(target=str(study), ensemble=2, ensemble_of="seeds",
-                                 epochs=1, out=str(tmp_path)), console)
+    results = hpo.load(study).train(ensemble=2, ensemble_of="seeds", epochs=1, out=tmp_path,
+                                    console=console)
     ensemble, members = results["ensemble"], results["ensemble"]["members"]
     best = {**read_config(study / "best.json"), "epochs": 1}
     assert ensemble["of"] == "seeds" and ensemble["k"] == 2
