@@ -102,9 +102,9 @@ def top_configs(study: Path, k: int, seed: int = 0) -> list[tuple[int, dict[str,
     the members of an --ensemble-of configs. StudyError when it has fewer."""
     completed = completed_configs(study)
     if len(completed) < k:
+        fewer = f"--ensemble {len(completed)} or " if len(completed) >= 2 else ""
         raise StudyError(f"{study}: --ensemble {k} needs {k} completed configs and the study "
-                         f"has {len(completed)}; pass --ensemble {max(2, len(completed))} or "
-                         "--ensemble-of seeds")
+                         f"has {len(completed)}; pass {fewer}--ensemble-of seeds")
     return [(tid, {**config, "seed": seed}) for tid, config in completed[:k]]
 
 
