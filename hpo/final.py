@@ -147,8 +147,9 @@ def retrain_ensemble(members: Sequence[tuple[int | None, Mapping[str, Any]]], of
     once (each member preprocesses as its config says). Saves the weights as
     out/ensemble-<i>.pt and returns the summary, also merged into out/results.json as
     "ensemble": {"of", "k", "test_acc", "test_loss", "members": [{"trial_id", "seed",
-    "config", "test_acc", "weights", ...}], "members_mean", "members_best", ...}. A member
-    that fails to train is recorded as such and left out of the average."""
+    "config", "test_acc", "weights", ...}], "trained", "members_mean", "members_best", ...}.
+    A member that fails to train is recorded as such and left out of the average ("trained"
+    counts those in it)."""
     import torch
 
     from hpo.train import scores
@@ -170,7 +171,7 @@ def retrain_ensemble(members: Sequence[tuple[int | None, Mapping[str, Any]]], of
                  if probs else (nan, nan))
     accs = [r["test_acc"] for r in runs if r["status"] == Status.COMPLETED]
     summary = {"of": of, "k": len(members), "test_acc": acc, "test_loss": loss,
-               "members": runs, "completed": len(probs),
+               "members": runs, "trained": len(probs),
                "members_mean": statistics.fmean(accs) if accs else nan,
                "members_best": max(accs, default=nan), **_provenance(data, full)}
     _merge(out / "results.json", summary, "ensemble")

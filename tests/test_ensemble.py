@@ -69,7 +69,7 @@ def test_configs_are_the_top_completed_ones_and_the_average_is_what_is_tested(st
     configs = json.loads((study / "configs.json").read_text())
     members = ensemble["members"]
     # the leaderboard's top 2 completed trials (rank 1 stopped early), each with seed 0
-    assert ensemble["of"] == "configs" and ensemble["k"] == 2 == ensemble["completed"]
+    assert ensemble["of"] == "configs" and ensemble["k"] == 2 == ensemble["trained"]
     assert [m["trial_id"] for m in members] == [1, 3]
     assert [m["config"] for m in members] == [{**configs[t], "seed": 0} for t in ("1", "3")]
     assert [m["config"]["normalize"] for m in members] == [True, False]
