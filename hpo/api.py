@@ -105,13 +105,17 @@ class Study:
     def train(self, seeds: int = 3, points: Sequence[str] = (), *,
               data: str | os.PathLike | None = None, fraction: float | None = None,
               epochs: int | None = None, out: str | os.PathLike | None = None,
-              weights_dir: str | os.PathLike | None = None, console=None) -> dict[str, Any]:
+              weights_dir: str | os.PathLike | None = None, ensemble: int | None = None,
+              ensemble_of: str | None = None, console=None) -> dict[str, Any]:
         """`hpo train`: retrain the best config (or each starting point named in `points`)
         on train + validation for its full epochs, once per seed 0..seeds-1, and test each
         model once. Writes `<study>/final/` (or `out`) and returns its results.json: the best's
-        summary at the top, starting points' under "starting_points". `data` and `fraction`
-        override the study's (e.g. the full data after a search on a fraction);
-        `weights_dir` is where pretrained backbones' weights are (hpo.weights)."""
+        summary at the top, starting points' under "starting_points", an ensemble's under
+        "ensemble". `data` and `fraction` override the study's (e.g. the full data after a
+        search on a fraction); `weights_dir` is where pretrained backbones' weights are
+        (hpo.weights). `ensemble=K` retrains K models instead and tests their averaged
+        prediction once: `ensemble_of` "configs" (the top K completed configs) or "seeds"
+        (the best config's seeds 0..K-1; default: `hpo train`'s)."""
         from hpo.final import train
         from hpo.options import TrainOptions, from_keywords
 
@@ -120,7 +124,8 @@ class Study:
             target=str(self.folder), seeds=seeds, point=points,
             data=None if data is None else os.fspath(data), fraction=fraction, epochs=epochs,
             out=None if out is None else os.fspath(out),
-            weights_dir=None if weights_dir is None else os.fspath(weights_dir)),
+            weights_dir=None if weights_dir is None else os.fspath(weights_dir),
+            ensemble=ensemble, **({"ensemble_of": ensemble_of} if ensemble_of else {})),
             "Study.train")
         return train(options, console or _notebook_text_console())
 

@@ -14,6 +14,9 @@ In between, each image goes through what a trial's image went through:
    then the training split's per-channel normalisation, or hpo.backbone.prepare_input for a
    pretrained backbone (3 channels, ImageNet's statistics, resized to `input_size`);
 3. the network in eval mode, then a softmax.
+
+An `Ensemble` holds several of them (one study's, so they decode alike) and outputs the mean
+of their probabilities: the same input and output.
 """
 
 from __future__ import annotations
@@ -68,7 +71,10 @@ class ImageClassifier(nn.Module):
         self.eval().requires_grad_(False)  # inference only: outputs carry no autograd graph
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.decoded(images)
+        return self.classify(self.decoded(images))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities [N, K] of images already `decoded`, uint8 [N, C, H, W]."""
         # preprocess reads only the statistics of its DeviceData: this module holds them
         x = preprocess(x, self, self.config, torch.float32)
         return torch.softmax(self.model(x), dim=1)
@@ -85,3 +91,25 @@ class ImageClassifier(nn.Module):
             x = torch.floor((r * LUMA[0] + g * LUMA[1] + b * LUMA[2] + LUMA_SHIFT // 2)
                             / LUMA_SHIFT)
         return resize_like_pil(x, (self.height, self.width)).to(torch.uint8)
+
+
+class Ensemble(nn.Module):
+    """ImageClassifiers of one study as one model, with their input and output: uint8
+    [N, H, W, C] images in, the mean of the members' softmax probabilities [N, K] out.
+
+    Each member keeps its own config's preprocessing (normalisation, a backbone's resize);
+    the images are decoded once, as the study decoded them for every member alike. Raises
+    ValueError for no members, or members that decode to different shapes (other studies).
+    """
+
+    def __init__(self, members: Sequence[ImageClassifier]):
+        super().__init__()
+        shapes = {(m.channels, m.height, m.width) for m in members}
+        if len(shapes) != 1:
+            raise ValueError(f"an ensemble's members must decode images alike, got {shapes}")
+        self.members = nn.ModuleList(members)
+        (self.channels, self.height, self.width), = shapes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.members[0].decoded(images)
+        return torch.stack([m.classify(x) for m in self.members]).mean(0)

@@ -50,7 +50,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """Retrain a config on train + validation for its full epochs, test once per seed."""
+    """Retrain a config on train + validation for its full epochs, test once per seed (or
+    --ensemble K: K models, their averaged prediction tested once)."""
     from hpo.final import train
     from hpo.options import TrainOptions, from_arguments
 
@@ -105,8 +106,8 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     """Write the complete config of the trial at --rank, which `hpo train` and run_trial take;
-    with --model, the best (or --final retrained) model with its preprocessing, runnable
-    without hpo (.onnx for onnxruntime, .pt2 for torch.export)."""
+    with --model, the best (or --final retrained, or --ensemble) model with its preprocessing,
+    runnable without hpo (.onnx for onnxruntime, .pt2 for torch.export)."""
     import json
 
     from hpo.errors import ConfigError
@@ -117,8 +118,9 @@ def cmd_export(args) -> int:
     if args.model and args.rank != 1:
         raise ConfigError("--model: only the best trial's weights are kept (best.pt); drop "
                           "--rank")
-    if not args.model and (args.final or args.seed is not None or args.data or args.fraction):
-        raise ConfigError("--final, --seed, --data and --fraction go with --model")
+    if not args.model and (args.final or args.seed is not None or args.ensemble or args.data
+                           or args.fraction):
+        raise ConfigError("--final, --seed, --ensemble, --data and --fraction go with --model")
     if args.output not in (None, "-"):
         check_output(args.output, "-o")
     if args.model:
@@ -126,7 +128,7 @@ def cmd_export(args) -> int:
         from hpo.export import export_model
 
         out = export_model(args.study, args.model, final=args.final, seed=args.seed,
-                           data=args.data, fraction=args.fraction)
+                           ensemble=args.ensemble, data=args.data, fraction=args.fraction)
         _console().print(f"model → {out}")
     if args.model and args.output is None:
         return 0
@@ -239,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: the retrained model of final/ (hpo train), not best.pt")
     p.add_argument("--seed", type=count, help="with --final: the retrain of this seed "
                    "(default: the first)")
+    p.add_argument("--ensemble", action="store_true", help="with --model: the ensemble hpo "
+                   "train --ensemble retrained in final/, all its members in the one file, "
+                   "averaging their probabilities")
     p.add_argument("--data", help="with --model: where the study's images are, when moved")
     p.add_argument("--fraction", type=fraction, help="with --final: the --fraction hpo train "
                    "had, when not the study's")

@@ -137,20 +137,37 @@ def read_leaderboard(study: str | Path) -> pd.DataFrame:
 
 def config_at_rank(study: str | Path, rank: int = 1) -> dict[str, Any]:
     """The complete config of the trial at `rank` (1 = best), as the trial received it."""
+    ranked = _ranked(study)
+    found = [config for r, _, _, config in ranked if r == rank]
+    if not found:
+        raise StudyError(f"{StudyFolder(study).path}: no trial at rank {rank} (the study has "
+                         f"{len(ranked)})")
+    return found[0]
+
+
+def completed_configs(study: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(trial id, complete config) of each trial that trained its full epochs (completed),
+    in the leaderboard's order: best first."""
+    return [(tid, config) for _, tid, status, config in _ranked(study)
+            if status == Status.COMPLETED]
+
+
+def _ranked(study: str | Path) -> list[tuple[int, int, str, dict[str, Any]]]:
+    """(rank, trial id, status, complete config) of every trial, by rank: leaderboard.csv's
+    rows with configs.json's configs, read without pandas."""
     folder = StudyFolder(study)
     if not folder.leaderboard.is_file():
         raise StudyError(f"{folder.path}: no leaderboard here (is this a study folder?)")
     try:
         with open(folder.leaderboard, newline="") as f:
-            ids = {int(row["rank"]): row["trial_id"] for row in csv.DictReader(f)}
+            rows = [(int(row["rank"]), int(row["trial_id"]), row["status"])
+                    for row in csv.DictReader(f)]
         configs = json.loads(folder.configs.read_text())
+        return sorted((rank, tid, status, configs[str(tid)]) for rank, tid, status in rows)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise StudyError(f"{folder.path}: its leaderboard or configs.json cannot be read "
                          f"({exc}); `hpo leaderboard {folder.path}` rebuilds them from the "
                          "record") from None
-    if rank not in ids:
-        raise StudyError(f"{folder.path}: no trial at rank {rank} (the study has {len(ids)})")
-    return configs[ids[rank]]
 
 
 def failures(board: pd.DataFrame) -> pd.DataFrame:

@@ -28,6 +28,8 @@ from hpo.registry import TRACKERS
 from hpo.values import COUNT, FRACTION, WHOLE, Allowed, Name, OneOf, Range
 
 IDENTITY, STICKY, RUN = "identity", "sticky", "run"
+ENSEMBLE_OF = ("configs", "seeds")  # what an ensemble's members differ in
+ENSEMBLE_OF_DEFAULT = "configs"  # until bench/ensemble.py has measured which is better
 CHECKPOINT_EVERY_S = 120.0  # the costliest checkpoint measured: ~1% of this; BENCHMARKS.md
 
 
@@ -176,6 +178,14 @@ class TrainOptions:
     epochs: int | None = option(None, "train this many epochs instead of the config's", WHOLE)
     out: str | None = option(None, "output folder (default: <study>/final)", path=True)
     weights_dir: str | None = _weights_dir()
+    ensemble: int | None = option(
+        None, "retrain K models and test their averaged prediction once (and each model "
+        "once), instead of one config once per seed (--seeds is not used)",
+        Range(2, whole=True), metavar="K")
+    ensemble_of: str = option(
+        ENSEMBLE_OF_DEFAULT, "what the --ensemble's models are: configs (the study's top K "
+        "completed configs, seed 0 each) or seeds (the best config, seeds 0..K-1)",
+        OneOf(ENSEMBLE_OF))
 
 
 def identity_keys() -> list[str]:
@@ -216,6 +226,9 @@ def check(options):
     options = dataclasses.replace(options, **changes)
     if isinstance(options, SearchOptions):
         _check_trackers(options)
+    elif options.ensemble and options.point:
+        raise ConfigError("--ensemble and --point: an ensemble is of the study's best configs "
+                          "or the best one's seeds, not of starting points; pass one of them")
     return options
 
 

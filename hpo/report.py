@@ -445,12 +445,23 @@ def _final(ctx) -> str:
             **{f"starting point {name}": r
                for name, r in (res.get("starting_points") or {}).items()}}
     rows = [{"config": name, "test_acc mean": r.get("mean"), "test_acc std": r.get("std"),
-             "per seed": ", ".join(fmt.metric(v) if math.isfinite(v) else Status.FAILED.value
-                                   for v in map(float, r.get("test_acc", [])))}
-            for name, r in runs.items()]
+             "per seed": _accuracies(r.get("test_acc", []))} for name, r in runs.items()]
+    if ensemble := res.get("ensemble"):  # hpo train --ensemble: its average, tested once
+        members = ensemble.get("members", [])
+        trials = ", ".join(dict.fromkeys(str(m.get("trial_id")) for m in members))
+        rows.append({"config": f"ensemble of {ensemble.get('k')} {ensemble.get('of')} (trial "
+                               f"{trials})", "test_acc mean": ensemble.get("test_acc"),
+                     "per seed": "members: " + _accuracies([m.get("test_acc")
+                                                            for m in members])})
     seeds = ", ".join(map(str, res.get("seeds", [])))
     return (f"<p>Retrained and tested on the test split, seeds {escape(seeds)}:</p>"
             + _table(pd.DataFrame(rows)))
+
+
+def _accuracies(values) -> str:
+    """Test accuracies in a cell, a run that failed to train (NaN) said so."""
+    return ", ".join(fmt.metric(v) if math.isfinite(v) else Status.FAILED.value
+                     for v in map(float, values))
 
 
 def _final_name(ctx, config: dict[str, Any]) -> str:

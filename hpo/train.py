@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -53,23 +53,49 @@ def lr_factor(config: Mapping[str, Any], step: int, steps_per_epoch: int) -> flo
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: DeviceData,
-             config: Mapping[str, Any]) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` on uint8 images `x` with labels `y`."""
+def outputs(model: nn.Module, x: torch.Tensor, dev: DeviceData, config: Mapping[str, Any]
+            ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """`model`'s outputs (logits, float32 [n, K]) on uint8 images `x` as evaluation feeds
+    them, a batch at a time: (the batch's slice of `x`, its outputs)."""
     model.eval()
-    loss = torch.zeros((), device=x.device, dtype=torch.float64)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
     cuda = x.is_cuda
     step = EVAL_BATCH if x.is_floating_point() else eval_batch(config, x.shape[1:], EVAL_BATCH)
     for i in range(0, len(x), step):
         xb = preprocess(x[i : i + step], dev, config, torch.float32)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
             out = model(xb).float()
-        yb = y[i : i + step]
+        yield slice(i, i + step), out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: DeviceData,
+             config: Mapping[str, Any]) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on uint8 images `x` with labels `y`."""
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for batch, out in outputs(model, x, dev, config):
+        yb = y[batch]
         loss += F.cross_entropy(out, yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
     n = max(1, len(x))
     return loss.item() / n, correct.item() / n
+
+
+def probabilities(model: nn.Module, x: torch.Tensor, dev: DeviceData,
+                  config: Mapping[str, Any]) -> torch.Tensor:
+    """Softmax probabilities, float32 [N, K], of `model` on uint8 images `x`, batched and
+    preprocessed as `evaluate` does."""
+    return torch.cat([torch.softmax(out, dim=1) for _, out in outputs(model, x, dev, config)])
+
+
+def scores(probs: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of probabilities `probs` [N, K] (a model's, or an
+    ensemble's average) for labels `y`."""
+    n = max(1, len(y))
+    # a probability that underflowed to 0 costs what float32's smallest one would, not inf
+    log_p = probs.double().clamp_min(torch.finfo(torch.float32).tiny).log()
+    return (F.nll_loss(log_p, y, reduction="sum").item() / n,
+            (probs.argmax(1) == y).sum().item() / n)
 
 
 def setup_training(model: nn.Module, config: Mapping[str, Any], device: torch.device):

@@ -380,6 +380,34 @@ dimensions = {"backbone": "resnet18"}
 '''
 
 
+def born(folder: Path, space_file: Path, data: Path):
+    """A study folder born as hpo begins a study of `space_file` on `data`, no trial run yet:
+    (its Space, the Dataset it decodes and splits as the study would, its Plan, its Record)."""
+    from hpo.data import load_dataset
+    from hpo.space import load_space
+
+    space = load_space(space_file)
+    dataset = load_dataset(data, val_fraction=space.val_fraction, seed=0, fraction=1.0,
+                           image_size=space.image_size, channels=space.channels)
+    plan, record = begun(folder.parent, data, space=space_file, content=dataset.content,
+                         name=folder.name)
+    return space, dataset, plan, record
+
+
+def write_board(folder: Path, space_file: Path, data: Path,
+                trials: list[tuple[dict, list[float]]]) -> Path:
+    """A study folder whose record holds `trials`, each (a complete config, its metric per
+    epoch), as the searcher writes them, none trained: leaderboard.csv, configs.json,
+    best.json and study.json, no weights."""
+    from hpo import views
+
+    _, _, plan, record = born(folder, space_file, data)
+    for config, values in trials:
+        add_trial(record, config, values)
+    views.rebuild(plan.folder, record)
+    return folder
+
+
 def write_study(folder: Path, space_file: Path, data: Path, config: dict,
                 seeds: tuple[int, ...] = (0,)) -> Path:
     """A study folder as `hpo search` and then `hpo train --seeds N` leave it, for one config:
@@ -392,19 +420,13 @@ def write_study(folder: Path, space_file: Path, data: Path, config: dict,
 
     from hpo import views
     from hpo.config import complete
-    from hpo.data import load_dataset
     from hpo.final import retrain
     from hpo.record import RUNS
-    from hpo.space import load_space
     from hpo.status import decide
     from hpo.train import run_trial
 
-    space = load_space(space_file)
     config = complete(config)
-    dataset = load_dataset(data, val_fraction=space.val_fraction, seed=0, fraction=1.0,
-                           image_size=space.image_size, channels=space.channels)
-    plan, record = begun(folder.parent, data, space=space_file, content=dataset.content,
-                         name=folder.name)
+    space, dataset, plan, record = born(folder, space_file, data)
     trial = record.ask()
     record.start(trial.number, config)
     best: dict = {}

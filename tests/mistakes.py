@@ -43,7 +43,8 @@ class Made:
             "other.py": good + "dimensions['width'] = 32\nname = 'tiny'\n",
             "empty.json": "", "notjson.json": "{'lr': 0.1}", "list.json": "[1, 2]",
             "unknown.json": json.dumps({"lr": 0.1, "dropuot_1": 0.2}),
-            "range.json": json.dumps({"lr": 0.1, "dropout_1": 2.0}), "afile": "not a folder"}
+            "range.json": json.dumps({"lr": 0.1, "dropout_1": 2.0}), "afile": "not a folder",
+            "good.json": json.dumps({"lr": 0.1})}
         for name, text in texts.items():
             self.f[name] = self.tmp / name
             self.f[name].write_text(text)
@@ -223,6 +224,31 @@ MISTAKES = [
             lambda m: ["train", STUDY, "--out", m.f["afile"]], "afile: is a file, not a folder"),
     Mistake("hpo train empty-folder", lambda m: ["train", m.f["nodata"]],
             "nodata: not a study folder"),
+    # ensembles
+    Mistake("hpo train results/tiny --ensemble 1", lambda m: ["train", STUDY, "--ensemble", 1],
+            "argument --ensemble: must be 2 or more, got 1"),
+    Mistake("hpo train results/tiny --ensemble-of trials",
+            lambda m: ["train", STUDY, "--ensemble", 2, "--ensemble-of", "trials"],
+            "argument --ensemble-of: must be one of configs, seeds, got 'trials'"),
+    Mistake("hpo train results/tiny --ensemble 99", lambda m: ["train", STUDY, "--ensemble", 99],
+            f"{STUDY}: --ensemble 99 needs 99 completed configs and the study has "),
+    Mistake("hpo train c.json --data d --ensemble 3 (configs, of one config)",
+            lambda m: [*_train("good.json")(m), "--ensemble", 3],
+            "good.json: --ensemble-of configs takes a study's top configs, and a config file is "
+            "one; pass --ensemble-of seeds"),
+    Mistake("hpo train results/tiny --ensemble 3 --point too-slow",
+            lambda m: ["train", STUDY, "--ensemble", 3, "--point", "too-slow"],
+            "--ensemble and --point: an ensemble is of the study's best configs or the best "
+            "one's seeds, not of starting points"),
+    Mistake("hpo export results/tiny --ensemble (no --model)",
+            lambda m: ["export", STUDY, "--ensemble"],
+            "--final, --seed, --ensemble, --data and --fraction go with --model"),
+    Mistake("hpo export results/tiny --ensemble --seed 1 --model m.onnx",
+            lambda m: ["export", STUDY, "--ensemble", "--seed", 1, "--model", m.tmp / "m.onnx"],
+            "--seed picks one retrain; --ensemble exports all its members"),
+    Mistake("hpo export results/tiny --ensemble --model m.onnx (none retrained)",
+            lambda m: ["export", STUDY, "--ensemble", "--model", m.tmp / "m.onnx"],
+            f"{STUDY}: no retrained ensemble"),
     Mistake("hpo leaderboard nostudy", lambda m: ["leaderboard", m.tmp / "nostudy"],
             "nostudy: no such study folder"),
     Mistake("hpo export results/tiny --rank 99", lambda m: ["export", STUDY, "--rank", 99],

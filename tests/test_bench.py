@@ -1,5 +1,5 @@
-"""bench/throughput.py, bench/packing.py and bench/checkpoint.py run end to end in their
---small CPU form.
+"""bench/throughput.py, bench/packing.py, bench/checkpoint.py, bench/ensemble.py and the
+others here run end to end in their --small CPU form.
 
 Only that they run and print their figures: no timing is asserted, since speed on a shared CI
 machine says nothing about the code. A generated dataset keeps each run to a few seconds.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_parquet_dataset
+from conftest import TINY, write_board, write_parquet_dataset
 
 pytestmark = pytest.mark.bench
 
@@ -118,3 +118,25 @@ def test_predict_small_times_the_engine_and_the_torch_loop(tmp_path):
     assert case["files"] == 16 and case["params"] == 23432
     assert len(case["engine_img_per_s"]) == len(case["torch_img_per_s"]) == 1
     assert case["max_prob_diff"] < 1e-4  # the same computation on the same pixels
+
+
+def test_ensemble_small_tests_both_kinds_and_the_single_best(tiny_parquet, tmp_path):
+    from hpo.config import complete
+
+    base = dict(stages=1, convs_1=1, width=8, epochs=2, batch_size=64, optimizer="adam")
+    study = write_board(tmp_path / "results/ens", TINY, tiny_parquet, [
+        (complete({**base, "lr": 0.01}), [0.4, 0.6]),
+        (complete({**base, "lr": 0.003}), [0.5, 0.7]),  # the best
+        (complete({**base, "lr": 0.03}), [0.3, 0.5])])
+    out = tmp_path / "ensemble.json"
+    done = run("ensemble.py", str(study), "--json", str(out), tmp_path=tmp_path)
+    assert "mean test accuracy: configs" in done.stdout, done.stdout
+    figures = json.loads(out.read_text())
+    configs, seeds = figures["configs"][0], figures["seeds"][0]
+    assert [(m["trial_id"], m["seed"]) for m in configs["members"]] == [(1, 0), (0, 0)]
+    assert [(m["trial_id"], m["seed"]) for m in seeds["members"]] == [(1, 0), (1, 1)]
+    # the single best is the best config with seed 0: the first member of both here
+    assert figures["single"] == [{"seed": 0, "test_acc": seeds["members"][0]["test_acc"]}]
+    assert configs["members"][0]["test_acc"] == seeds["members"][0]["test_acc"]
+    assert all(0 <= w["ensemble_acc"] <= 1 for w in (configs, seeds))
+    assert not (study / "final").exists()  # nothing written into the study

@@ -45,6 +45,13 @@ def reference(study: Path, final: bool = False) -> tuple[np.ndarray, np.ndarray]
         config, weights = results["config"], study / "final" / results["runs"][0]["weights"]
     else:
         config, weights = read_config(study / "best.json"), study / "best.pt"
+    probs = network_probabilities(data, config, weights, final)
+    return np.ascontiguousarray(data.x_test.transpose(0, 2, 3, 1)), probs
+
+
+def network_probabilities(data, config: dict, weights: Path, final: bool) -> np.ndarray:
+    """The probabilities of the network `config` and `weights` describe on `data`'s test
+    images, fed as hpo.train.evaluate feeds it (with train+val's statistics when `final`)."""
     dev = to_device(data.train_and_val() if final else data, torch.device("cpu"))
     # built without the ImageNet file, as docs/guide/model.md says: best.pt holds every weight
     model = build_model({**config, "pretrained": False}, data.image_shape, data.num_classes)
@@ -52,8 +59,7 @@ def reference(study: Path, final: bool = False) -> tuple[np.ndarray, np.ndarray]
     model.eval()
     with torch.no_grad():
         x = preprocess(torch.as_tensor(data.x_test), dev, config, torch.float32)
-        probs = torch.softmax(model(x), dim=1).numpy()
-    return np.ascontiguousarray(data.x_test.transpose(0, 2, 3, 1)), probs
+        return torch.softmax(model(x), dim=1).numpy()
 
 
 def assert_agree(got: np.ndarray, expected: np.ndarray) -> None:

@@ -192,7 +192,9 @@ def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path, tiny_p
         "config": {"lr": 0.01}, "seeds": [0, 1, 2], "test_acc": [0.9, 0.91, 0.92],
         "mean": 0.91, "std": 0.01,
         "starting_points": {"<basenet>": {"test_acc": [0.8, 0.82, math.nan], "mean": 0.81,
-                                          "std": 0.01}}}))
+                                          "std": 0.01}},
+        "ensemble": {"of": "configs", "k": 2, "test_acc": 0.9345, "members": [
+            {"trial_id": 4, "test_acc": 0.9123}, {"trial_id": 1, "test_acc": 0.8765}]}}))
     html = write_report(study).read_text()
     assert "<img" not in html
     assert "no epochs reported yet" in html and "no study.db" in html
@@ -203,6 +205,8 @@ def test_bare_folder_becomes_sentences_and_final_results_render(tmp_path, tiny_p
     assert "0.9100" in final and "0.9000, 0.9100, 0.9200" in final
     assert "starting point &lt;basenet&gt;" in final and "0.8100" in final
     assert "0.8200, failed" in final
+    assert "ensemble of 2 configs (trial 4, 1)" in final and "0.9345" in final
+    assert "members: 0.9123, 0.8765" in final
 
 
 @pytest.fixture(scope="module")
