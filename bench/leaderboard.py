@@ -3,6 +3,9 @@ imports are most of it), --repeats of them, the min and the median; and which he
 one invocation imported.
 
     python bench/leaderboard.py results/tiny --repeats 10 --json leaderboard.json
+
+Run it from the root of the checkout to measure: `python -m hpo.cli` imports the hpo of the
+folder it starts in, ahead of PYTHONPATH and of an installed one.
 """
 
 from __future__ import annotations
