@@ -65,12 +65,12 @@ def cmd_leaderboard(args) -> int:
     A leaderboard that is missing or damaged is rebuilt from the study's record first."""
     from hpo.errors import StudyError
     from hpo.folder import StudyFolder
-    from hpo.leaderboard import read_leaderboard
+    from hpo.leaderboard import read_rows
 
     folder = StudyFolder(args.study)
     folder.check_exists()
     try:
-        board = read_leaderboard(folder.path)
+        board = read_rows(folder.path)  # no pandas for a file as hpo wrote it
     except StudyError:
         if not folder.record.is_file():
             raise
@@ -79,7 +79,7 @@ def cmd_leaderboard(args) -> int:
         repair(folder)
         print(f"{folder.leaderboard}: was missing or unreadable; rebuilt from the study's "
               "record", file=sys.stderr)
-        board = read_leaderboard(folder.path)
+        board = read_rows(folder.path)
     from hpo.study import read_meta
     from hpo.table import print_leaderboard
 

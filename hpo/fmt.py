@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any, Callable, Iterable, Sequence
-
-import numpy as np
-import pandas as pd
 
 from hpo.config import SCHEMA, schema_key
 
@@ -38,7 +36,7 @@ def kind_of(column: str, values: Iterable[Any] = ()) -> str:
                 first, int) else "text"
         return "int" if key.allowed.whole else "float"
     present = [v for v in values if not _blank(v)]
-    if present and all(isinstance(v, (bool, np.bool_)) for v in present):
+    if present and all(_is_bool(v) for v in present):
         return "bool"
     if present and all(isinstance(v, numbers.Integral) for v in present):
         return "int"
@@ -128,13 +126,25 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
+# numpy and pandas are looked up, never imported: `hpo leaderboard` formats plain values without
+# them, and a value of theirs exists only once something else has imported them
 def _blank(v: Any) -> bool:
-    return v is None or (pd.api.types.is_scalar(v) and bool(pd.isna(v)))
+    if v is None:
+        return True
+    pd = sys.modules.get("pandas")
+    if pd is not None:  # its missing values: NaN, NA, NaT
+        return pd.api.types.is_scalar(v) and bool(pd.isna(v))
+    return (isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+            and math.isnan(v))
+
+
+def _is_bool(v: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return isinstance(v, bool) or (np is not None and isinstance(v, np.bool_))
 
 
 def _finite(v: Any) -> bool:
-    return (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-            and math.isfinite(v))
+    return isinstance(v, numbers.Real) and not _is_bool(v) and math.isfinite(v)
 
 
 def _special(v: Any) -> str:

@@ -1,15 +1,19 @@
 """The study's leaderboard: one row per trial, best first, made from the record's trials.
 
 `frame` is a pure function of the record (hpo.views writes it as leaderboard.csv); the readers
-here are what `hpo leaderboard`, `hpo export`, the report and pandas users go through.
+here are what `hpo leaderboard`, `hpo export`, the report and pandas users go through:
+`read_leaderboard` gives a DataFrame, `read_rows` the same values as `Rows` without importing
+pandas (a second of `hpo leaderboard`'s otherwise).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from hpo.config import LABELS, SCHEMA, schema_key
 from hpo.errors import StudyError
@@ -109,30 +113,132 @@ def _pareto(rows: list[dict[str, Any]], objectives) -> set[int]:
         all(a <= b for a, b in zip(q, p)) and q != p for q in points.values())}
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A leaderboard in plain Python, what `hpo leaderboard` prints from: its columns in the
+    file's order and a dict per row, each value as read_leaderboard's frame has it (an int, a
+    float, a bool or a str), a blank as None."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> list[Any]:
+        return [row[name] for row in self.rows]
+
+    def head(self, n: int) -> Rows:
+        return Rows(self.columns, self.rows[:n])
+
+
+def rows_of(board: pd.DataFrame) -> Rows:
+    """A leaderboard frame (read_leaderboard's) as Rows: numpy's values as Python's, NaN as
+    None."""
+    import pandas as pd
+
+    return Rows(list(board.columns), [{c: None if pd.isna(v) else v for c, v in row.items()}
+                                      for row in board.to_dict("records")])
+
+
+def read_rows(study: str | Path) -> Rows:
+    """The leaderboard of a study folder (or of a leaderboard.csv path) as Rows, read without
+    pandas when the file is as hpo writes it. Anything else (damage, a hand edit pandas might
+    read its own way) goes to read_leaderboard: its StudyError, or its frame as Rows."""
+    path = _leaderboard_path(study)
+    try:
+        return _parse(path)
+    except (ValueError, OSError, csv.Error):  # a UnicodeDecodeError is a ValueError
+        return rows_of(read_leaderboard(path))
+
+
 def read_leaderboard(study: str | Path) -> pd.DataFrame:
     """The leaderboard of a study folder (or of a leaderboard.csv path). Raises StudyError,
     one line naming the file, when there is none or it cannot be read."""
-    path = Path(study)
-    path = StudyFolder(path).leaderboard if path.is_dir() else path
+    path = _leaderboard_path(study)
     if not path.is_file():
         raise StudyError(f"{path}: no leaderboard here (is this a study folder?)")
     import pandas as pd  # here: a wrong path is told before pandas' second of importing
 
     try:
         board = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        if list(board.columns[:len(KEY)]) != list(KEY) or len(board.columns) <= len(KEY):
-            raise ValueError(f"its columns do not start {', '.join(KEY)} and the metric")
-        for column in ("rank", "trial_id"):
-            if len(board) and not pd.api.types.is_integer_dtype(board[column]):
-                raise ValueError(f"its {column} column holds more than whole numbers")
-        if not set(board["status"]) <= {s.value for s in Status}:
-            raise ValueError("its status column holds words that are no status")
+        _check(list(board.columns), lambda c: board[c].tolist())
         return board
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # pandas' parser errors too
         raise StudyError(f"{path}: cannot be read ({str(exc).strip().splitlines()[0]}); "
                          "the study's record rebuilds it: `hpo leaderboard "
                          f"{path.parent}` where the record is its study.db, the study's "
                          "`hpo search` where it is in a --storage database") from None
+
+
+def _leaderboard_path(study: str | Path) -> Path:
+    path = Path(study)
+    return StudyFolder(path).leaderboard if path.is_dir() else path
+
+
+def _check(columns: list[str], values: Callable[[str], list[Any]]) -> None:
+    """Raise ValueError, saying why, unless `columns` are a leaderboard's and the `values` of
+    its rank and trial_id columns whole numbers, of its status column statuses."""
+    if columns[:len(KEY)] != list(KEY) or len(columns) <= len(KEY):
+        raise ValueError(f"its columns do not start {', '.join(KEY)} and the metric")
+    for column in ("rank", "trial_id"):
+        if not all(type(v) is int for v in values(column)):  # a bool is no rank
+            raise ValueError(f"its {column} column holds more than whole numbers")
+    if not set(values("status")) <= {s.value for s in Status}:
+        raise ValueError("its status column holds words that are no status")
+
+
+# a value as pandas' read_csv is sure to type it (the forms DataFrame.to_csv writes)
+_INT = re.compile(r"-?[0-9]+")
+_FLOAT = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|-?inf")
+_BOOLS = {"True": True, "False": False}
+
+
+def _parse(path: Path) -> Rows:
+    """leaderboard.csv read with the csv module, each column typed as pandas types it. Raises
+    ValueError where pandas might read the file otherwise (blank lines, rows of another
+    length, a repeated or unnamed column, a value in a form `_typed` leaves to pandas) and
+    where `_check` finds it damaged."""
+    with open(path, newline="", encoding="utf-8") as f:
+        header, *body = csv.reader(f)
+    if len(set(header)) < len(header) or "" in header or any(
+            len(row) != len(header) for row in body):
+        raise ValueError("not as hpo writes it")
+    columns = {c: _typed([row[i] for row in body]) for i, c in enumerate(header)}
+    _check(header, columns.__getitem__)
+    return Rows(header, [dict(zip(header, values)) for values in zip(*columns.values())])
+
+
+def _typed(texts: list[str]) -> list[Any]:
+    """A column's values as read_csv(keep_default_na=False, na_values=[""]) types them: whole
+    numbers as ints (floats once one is blank, as pandas has no blank int), numbers as floats,
+    True and False as bools, else the text; a blank as None. Raises ValueError for a column
+    pandas may type otherwise (" 1", "+1", "TRUE", a number beyond 64 bits)."""
+    present = [t for t in texts if t]
+    if any(len(t) > 18 and _INT.fullmatch(t) for t in present):
+        raise ValueError("a whole number beyond 64 bits, which pandas may keep as text")
+    if present and all(_INT.fullmatch(t) for t in present):
+        whole = int if len(present) == len(texts) else float
+        return [whole(t) if t else None for t in texts]
+    if present and all(_FLOAT.fullmatch(t) for t in present):
+        return [float(t) if t else None for t in texts]
+    if present and all(t in _BOOLS for t in present):
+        return [_BOOLS.get(t) for t in texts]
+    if present and all(_loose(t) for t in present):
+        raise ValueError("numbers or truth values pandas may read in its own way")
+    return [t or None for t in texts]
+
+
+def _loose(text: str) -> bool:
+    """Whether pandas might read `text` as a number or a truth value (Python's float takes
+    more than pandas does, which is the side to err on)."""
+    if text.strip().lower() in ("true", "false"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def config_at_rank(study: str | Path, rank: int = 1) -> dict[str, Any]:
@@ -154,20 +260,16 @@ def completed_configs(study: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 def _ranked(study: str | Path) -> list[tuple[int, int, str, dict[str, Any]]]:
     """(rank, trial id, status, complete config) of every trial, by rank: leaderboard.csv's
-    rows with configs.json's configs, read without pandas."""
+    rows (read_rows: without pandas) with configs.json's configs."""
     folder = StudyFolder(study)
-    if not folder.leaderboard.is_file():
-        raise StudyError(f"{folder.path}: no leaderboard here (is this a study folder?)")
+    board = read_rows(folder.path)
     try:
-        with open(folder.leaderboard, newline="") as f:
-            rows = [(int(row["rank"]), int(row["trial_id"]), row["status"])
-                    for row in csv.DictReader(f)]
         configs = json.loads(folder.configs.read_text())
-        return sorted((rank, tid, status, configs[str(tid)]) for rank, tid, status in rows)
+        return sorted((r["rank"], r["trial_id"], r["status"], configs[str(r["trial_id"])])
+                      for r in board.rows)
     except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise StudyError(f"{folder.path}: its leaderboard or configs.json cannot be read "
-                         f"({exc}); `hpo leaderboard {folder.path}` rebuilds them from the "
-                         "record") from None
+        raise StudyError(f"{folder.path}: its configs.json cannot be read ({exc}); "
+                         f"`hpo leaderboard {folder.path}` rebuilds it from the record") from None
 
 
 def failures(board: pd.DataFrame) -> pd.DataFrame:

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure  # not pyplot: the Agg canvas, no global ba
 
 from hpo import fmt
 from hpo.files import write_atomic
-from hpo.leaderboard import FIXED, KEY, metric_of, read_leaderboard
+from hpo.leaderboard import FIXED, KEY, metric_of, read_leaderboard, rows_of
 from hpo.meter import Meter
 from hpo.registry import METRICS, sign
 from hpo.status import FAILURES, Status
@@ -425,7 +425,7 @@ def _varying(ctx) -> list[str]:
     study's most important first (hpo leaderboard's order)."""
     board = ctx["board"]
     columns = [c for c in board.columns if c not in (*FIXED, ctx["metric"], "pareto")]
-    return order_varying(board, columns, ctx.get("importances") or {})
+    return order_varying(rows_of(board), columns, ctx.get("importances") or {})
 
 
 def _short(label: str, most: int = 14) -> str:

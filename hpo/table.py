@@ -11,7 +11,6 @@ import difflib
 import sys
 from pathlib import Path
 
-import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -19,15 +18,15 @@ from rich.table import Table
 
 from hpo import fmt
 from hpo.errors import ConfigError
-from hpo.leaderboard import KEY, metric_of
+from hpo.leaderboard import KEY, Rows, metric_of
 from hpo.status import FAILURES
 
 
-def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = None,
+def print_leaderboard(board: Rows, study: str | Path, top: int | None = None,
                       columns: str | None = None, every: bool = False, as_csv: bool = False,
                       console: Console | None = None,
                       importances: dict[str, float] | None = None) -> None:
-    """Print the leaderboard `board` (read_leaderboard of `study`) to fit `console`: the key
+    """Print the leaderboard `board` (read_rows of `study`) to fit `console`: the key
     columns, then the hyperparameters that vary, as many as fit, those that mattered most in
     the study first (`importances`, study.json's), then those that vary most among the rows
     shown; `every` of them, or the `columns` named ("a,b,c"), in further tables; the reasons of
@@ -44,9 +43,9 @@ def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = 
         _print_csv(Path(study), top, chosen)
         return
     shown = board.head(top or TOP)
-    key = [c for c in _key_columns(board.columns)
-           if c != "point" or shown[c].notna().any()]  # no starting point: no column for it
-    first = list(board.columns).index("node") + 1
+    key = [c for c in _key_columns(board.columns)  # no starting point: no column for it
+           if c != "point" or any(v is not None for v in shown.column(c))]
+    first = board.columns.index("node") + 1
     varying = order_varying(shown, board.columns[first:], importances or {})
     rest = [c for c in chosen if c not in key] if chosen else varying
     pages, left_out = _pages(shown, key, rest, console, every=every or bool(chosen))
@@ -59,25 +58,27 @@ def print_leaderboard(board: pd.DataFrame, study: str | Path, top: int | None = 
         console.print(_one_line(f"{len(left_out)} more vary: ", left_out,
                                 " (--all shows them, --columns a,b picks)", console.width),
                       highlight=False, soft_wrap=True)
-    failed = shown[shown["status"].isin(FAILURES) & shown["reason"].notna()]
-    for _, row in failed.iterrows() if "reason" not in chosen else ():
+    failed = [r for r in shown.rows if r["status"] in FAILURES and r["reason"] is not None]
+    for row in failed if "reason" not in chosen else ():
         console.print(f"trial {row['trial_id']} {row['status']}: {row['reason']}",
                       markup=False, highlight=False)
     # they have no value, so they rank last: say they exist even when the top leaves them out
-    if hidden := int(board["status"].isin(FAILURES).sum()) - len(failed):
+    if hidden := sum(r["status"] in FAILURES for r in board.rows) - len(failed):
         console.print(f"{hidden} trials below these failed, were infeasible, diverged or ran "
                       f"out of memory (--top {len(board)} shows them with their reasons)",
                       highlight=False)
 
 
-def order_varying(shown: pd.DataFrame, columns, importances: dict[str, float]) -> list[str]:
+def order_varying(shown: Rows, columns, importances: dict[str, float]) -> list[str]:
     """The hyperparameter columns that differ between the rows `shown` (not the dozens that
     are constant): those the study's importances rank, most important first, then the rest,
     most distinct values first, those most rows have (not a starting point's own keys) ahead
     of sparse ones."""
-    varying = [c for c in columns if shown[c].nunique(dropna=False) > 1]
-    return sorted(varying, key=lambda c: (-importances.get(c, -1.0), shown[c].isna().sum(),
-                                          -shown[c].nunique(), list(columns).index(c)))
+    columns = list(columns)
+    values = {c: shown.column(c) for c in columns}
+    varying = [c for c in columns if len(set(values[c])) > 1]  # a blank is a value here
+    return sorted(varying, key=lambda c: (-importances.get(c, -1.0), values[c].count(None),
+                                          -len(set(values[c]) - {None}), columns.index(c)))
 
 
 def _one_line(head: str, names: list[str], tail: str, width: int) -> str:
@@ -105,7 +106,7 @@ def _key_columns(columns) -> list[str]:
                         "best_epoch", "params", "wall_s") if c in columns]
 
 
-def _pages(shown: pd.DataFrame, key: list[str], rest: list[str], console: Console,
+def _pages(shown: Rows, key: list[str], rest: list[str], console: Console,
            every: bool) -> tuple[list[list[str]], list[str]]:
     """The columns of each table to print, each table as wide as the console at most: the key
     columns and the first of `rest` that fit, then (`every`) further tables of rank, trial and
@@ -114,7 +115,7 @@ def _pages(shown: pd.DataFrame, key: list[str], rest: list[str], console: Consol
     while True:
         for c in list(rest):
             size = _measure(shown, page + [c], console)
-            if (size.minimum if _wraps(shown[c]) else size.maximum) <= console.width:
+            if (size.minimum if _wraps(shown.column(c)) else size.maximum) <= console.width:
                 page.append(c)
                 rest.remove(c)
         if len(page) == 2 and rest:  # one too wide for any table: alone, folded
@@ -125,28 +126,28 @@ def _pages(shown: pd.DataFrame, key: list[str], rest: list[str], console: Consol
         page = ["rank", "trial_id"]
 
 
-def _table(shown: pd.DataFrame, columns: list[str]) -> Table:
+def _table(shown: Rows, columns: list[str]) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
                   header_style="bold")
     cells = []
     for c in columns:
-        values = shown[c].tolist()
+        values = shown.column(c)
         cells.append(fmt.column(c, values))
         numeric = fmt.kind_of(c, values) in ("int", "float")
         # values are never cut short: a sentence wraps onto more lines, a value never does
         table.add_column(HEADERS.get(c, c), justify="right" if numeric else "left",
-                         no_wrap=not _wraps(shown[c]), overflow="fold")
+                         no_wrap=not _wraps(values), overflow="fold")
     for row in zip(*cells):
         table.add_row(*row)
     return table
 
 
-def _wraps(values: pd.Series) -> bool:
+def _wraps(values: list) -> bool:
     """Whether a column holds sentences (a reason), which may wrap onto more lines."""
-    return values.map(lambda v: isinstance(v, str) and " " in v).any()
+    return any(isinstance(v, str) and " " in v for v in values)
 
 
-def _measure(shown: pd.DataFrame, columns: list[str], console: Console) -> Measurement:
+def _measure(shown: Rows, columns: list[str], console: Console) -> Measurement:
     unbounded = console.options.update_width(1_000_000)  # its natural width, not the console's
     return Measurement.get(console, unbounded, _table(shown, columns))
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, write_board, write_parquet_dataset
+from conftest import TINY, add_trial, begun, write_board, write_parquet_dataset
+from hpo import views
 
 pytestmark = pytest.mark.bench
 
@@ -140,3 +141,19 @@ def test_ensemble_small_tests_both_kinds_and_the_single_best(tiny_parquet, tmp_p
     assert configs["members"][0]["test_acc"] == seeds["members"][0]["test_acc"]
     assert all(0 <= w["ensemble_acc"] <= 1 for w in (configs, seeds))
     assert not (study / "final").exists()  # nothing written into the study
+
+
+def test_leaderboard_times_the_command_and_names_what_it_imports(data, tmp_path):
+    plan, record = begun(tmp_path / "results", data)
+    add_trial(record, {"lr": 0.1}, [0.5, 0.6])
+    add_trial(record, {"lr": 0.01}, [0.7])
+    views.rebuild(plan.folder, record)
+    out = tmp_path / "leaderboard.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "leaderboard.py"),
+                           str(plan.folder.path), "--repeats", "2", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["command"].split()[-1] for r in rows] == [str(plan.folder.path), "--csv"]
+    for r in rows:
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"] and r["imports"] == []

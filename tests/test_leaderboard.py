@@ -7,7 +7,16 @@ import pytest
 from conftest import add_trial, begun
 from hpo import views
 from hpo.errors import StudyError
-from hpo.leaderboard import FIXED, KEY, config_at_rank, frame, metric_of, read_leaderboard
+from hpo.leaderboard import (
+    FIXED,
+    KEY,
+    config_at_rank,
+    frame,
+    metric_of,
+    read_leaderboard,
+    read_rows,
+    rows_of,
+)
 
 CONFIG = {"lr": 0.1, "stages": 2, "convs_1": 1, "convs_2": 2}
 
@@ -90,5 +99,28 @@ def test_a_damaged_leaderboard_is_named_not_parsed(record):
     views.rebuild(plan.folder, record)
     with open(plan.folder.leaderboard, "a") as f:
         f.write("garbage,1,2,3,4,5\n")
-    with pytest.raises(StudyError, match="leaderboard.csv: cannot be read .*rebuilds it"):
-        read_leaderboard(plan.folder.path)
+    for read in (read_leaderboard, read_rows):
+        with pytest.raises(StudyError, match="leaderboard.csv: cannot be read .*rebuilds it"):
+            read(plan.folder.path)
+
+
+def test_rows_read_without_pandas_hold_what_pandas_reads(record):
+    plan, record = record
+    views.rebuild(plan.folder, record)
+
+    def typed(rows):
+        return rows.columns, [[(type(v), v) for v in row.values()] for row in rows.rows]
+
+    board = read_rows(plan.folder.path)
+    assert typed(board) == typed(rows_of(read_leaderboard(plan.folder.path)))
+    assert board.column("val_acc")[3] is None and board.column("point")[3] == "bad"
+    assert board.column("trial_id") == [2, 1, 0, 3] and len(board.head(2)) == 2
+    # a hand edit in a form pandas reads its own way (spaces around numbers, TRUE) is read as
+    # pandas reads it
+    text = plan.folder.leaderboard.read_text().splitlines()
+    edited = [text[0]] + [",".join(f" {v} " if v.isdigit() else v for v in line.split(","))
+                          for line in text[1:]]
+    plan.folder.leaderboard.write_text("\n".join(edited) + "\n")
+    board = read_rows(plan.folder.path)
+    assert typed(board) == typed(rows_of(read_leaderboard(plan.folder.path)))
+    assert board.column("trial_id") == [2, 1, 0, 3]

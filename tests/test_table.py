@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import begun, write_trial
+from conftest import begun, modules_loaded, write_trial
 from hpo import views
 from hpo.record import IMPORTANCES
 from hpo.space import random_configs
@@ -143,3 +143,12 @@ def test_the_columns_that_mattered_come_first_and_the_rest_is_named_in_one_line(
     footer = [line for line in lines if "more vary:" in line]
     assert len(footer) == 1 and len(footer[0]) <= 120
     assert footer[0].endswith("(--all shows them, --columns a,b picks)")
+
+
+@pytest.mark.parametrize("options", [[], ["--all"], ["--columns", "lr,reason", "--top", "14"],
+                                     ["--csv"]])
+def test_hpo_leaderboard_imports_neither_pandas_nor_numpy(wide_study, options):
+    # importing pandas (and numpy under it) was most of a second of every leaderboard shown
+    argv = ["leaderboard", str(wide_study), *options]
+    loaded = modules_loaded(f"from hpo.cli import main; assert main({argv!r}) == 0")
+    assert not loaded & {"pandas", "numpy", "torch", "ray", "optuna", "matplotlib"}
