@@ -97,7 +97,10 @@ def frame(trials: Iterable[TrialRecord], objectives: tuple[tuple[str, str], ...]
         if others:
             record["pareto"] = row["trial_id"] in front
         records.append(record)
-    return pd.DataFrame.from_records(records, columns=columns)
+    board = pd.DataFrame.from_records(records, columns=columns)
+    if selected:  # a count, blank where a trial was not rerun: not 3.0
+        board["runs"] = board["runs"].astype("Int64")
+    return board
 
 
 def _pareto(rows: list[dict[str, Any]], objectives) -> set[int]:
@@ -177,10 +180,13 @@ def _leaderboard_path(study: str | Path) -> Path:
 
 
 def _check(columns: list[str], values: Callable[[str], list[Any]]) -> None:
-    """Raise ValueError, saying why, unless `columns` are a leaderboard's and the `values` of
+    """Raise ValueError, saying why, unless `columns` are a leaderboard's (every fixed one
+    there) and the `values` of
     its rank and trial_id columns whole numbers, of its status column statuses."""
     if columns[:len(KEY)] != list(KEY) or len(columns) <= len(KEY):
         raise ValueError(f"its columns do not start {', '.join(KEY)} and the metric")
+    if lacking := [c for c in FIXED if c not in columns]:
+        raise ValueError(f"it has no {lacking[0]} column")
     for column in ("rank", "trial_id"):
         if not all(type(v) is int for v in values(column)):  # a bool is no rank
             raise ValueError(f"its {column} column holds more than whole numbers")

@@ -165,4 +165,5 @@ def _print_csv(study: Path, top: int | None, chosen: list[str]) -> None:
         keep = [header.index(c) for c in key + [c for c in chosen if c not in key]]
     out = csv.writer(sys.stdout, lineterminator="\n")
     for row in [header, *body]:
-        out.writerow([row[i] for i in keep])
+        # a hand-edited row may be short: its missing cells are blanks, as pandas reads them
+        out.writerow([row[i] if i < len(row) else "" for i in keep])
