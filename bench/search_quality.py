@@ -4,8 +4,9 @@ hpo's choices buys it.
 Every method searches the same space file with the same trainable (hpo.train.run_trial), the
 same data and split, the same CPUs or GPUs, and the same budget: training epochs summed over
 all its trials, with a wall-clock cap as a safety; whichever is spent first ends the search.
-The budget is sized for 64 or more trials per search, so that the sampler, not its random
-start-up draws, decides what a search finds.
+The CPU forms' budget is 64 full trials' epochs, so every search runs 64 trials or more
+(more where ASHA stops trials early), and the sampler, not its random start-up draws, decides
+what a search finds.
 
 Methods (--methods, comma-separated; the defaults depend on --dataset):
 
@@ -36,7 +37,7 @@ Datasets (--dataset):
     digits    scikit-learn's 8x8 digits (1,797 images, shipped offline), written by
               bench/digits.py into <work>/data/digits as a folder of class folders with a
               fixed-seed fifth held out as test/, searched with spaces/imagefolder.py as
-              shipped but for image_size 16 and channels 1 (written to <work>/spaces/); 3-epoch
+              shipped but for image_size 16 and channels 1 (written to <work>/spaces/); 2-epoch
               trials. The space has no starting points: hpo:nopoints is hpo there.
 
 For each method and seed: every epoch's validation accuracy in the order it was reached gives
@@ -105,13 +106,13 @@ METHODS = {
     "digits": ("hpo", "hpo:noreject", "hpo:tpe-multivariate:3",
                "ray-optuna:tpe-multivariate:3", *BASELINES),
 }
-# The CPU forms, sized for 64+ trials per search: with ASHA keeping 1/3 after epoch 1, a trial
-# trains about 1.4 epochs (2-epoch trials) or 1.7 (3-epoch trials) on average
+# The CPU forms: 2-epoch trials and a budget of 64 x 2 epochs, so that every search runs 64
+# trials or more whatever ASHA stops (those it stops after epoch 1 make room for more)
 SMALL = {
-    "cifar10": dict(fraction=0.03, max_epochs=2, grace_period=1, epoch_budget=100,
-                    time_cap=45.0),
-    "digits": dict(fraction=1.0, max_epochs=3, grace_period=1, epoch_budget=120,
-                   time_cap=20.0),
+    "cifar10": dict(fraction=0.03, max_epochs=2, grace_period=1, epoch_budget=128,
+                    time_cap=90.0),
+    "digits": dict(fraction=1.0, max_epochs=2, grace_period=1, epoch_budget=128,
+                   time_cap=40.0),
 }
 # The full size on a GPU: all of the data, the space's own epochs, ~64 trials' worth
 FULL = dict(fraction=1.0, max_epochs=None, grace_period=None, epoch_budget=400, time_cap=60.0)
