@@ -46,8 +46,8 @@ budget; the config of the best trial retrained once (seed 0) on train + validati
 max_epochs and tested; trials run, trials wasted (infeasible, duplicate, diverged, out of
 memory), draws rejected, and wall time. Then, per pair of methods (--compare; default every
 pair but stock against stock), paired by seed: the per-seed differences of best validation
-and of test accuracy, their mean with a 95% Student-t interval and a percentile bootstrap, and
-an exact sign test (bench/paired.py). With n seeds the sign test's smallest p is 2/2^n: 0.0625
+accuracy, of test accuracy and of the anytime curve's mean over the budget, each with its mean,
+a 95% Student-t interval, a percentile bootstrap and an exact sign test (bench/paired.py). With n seeds the sign test's smallest p is 2/2^n: 0.0625
 for 5 seeds, 0.031 for 6, hence 6 seeds below. A search already in <work>/runs/ is read back,
 not run again: the same command continues after a stop, and more --seeds add seeds.
 
@@ -61,7 +61,8 @@ by seed: the method"):
         --json sq-cifar10.json --png sq-cifar10.png      # 8 methods x 6 seeds = 48 searches
     python bench/search_quality.py --rows sq-cifar10.json   # BENCHMARKS.md's rows from one
 
-On a GPU (all of CIFAR-10, the space's epochs, a 400-epoch budget, a 60 min cap per search):
+On a GPU (all of CIFAR-10, the space's epochs, a 400-epoch budget, a 60 min cap per search;
+bench/gpu.py runs a sized-down form of it with the four methods named):
 
     python bench/search_quality.py --full --gpus 0.25 --json sq-gpu.json --png sq-gpu.png
 """
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grace-period", type=int)
     p.add_argument("--epoch-budget", type=int, help="training epochs per search, all trials")
     p.add_argument("--time-cap", type=float, help="minutes of wall time per search")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=6,
+                   help="seeds 0..N-1, the same for every method (default 6: see above)")
     p.add_argument("--methods", help="comma-separated (see above; default: the dataset's "
                    "ablations and baselines)")
     p.add_argument("--compare", help="comma-separated pairs A/B: compare A - B per seed "
