@@ -547,7 +547,7 @@ def choose_epochs(study: Path, seconds: float, record: dict, most: int) -> tuple
 def measure_search_quality(p: Part) -> None:
     work, out = p.work / "sq", p.work / "sq.json"
     png = p.run.json.with_name(p.run.json.stem + "-sq.png")
-    methods = 4  # the script's default: hpo and its three baselines
+    methods = 4  # hpo and its three stock baselines (the script's ablations need more time)
     # each search is followed by Ray's shut-down and one retrain of its choice: ~12 s on a
     # GPU at these sizes, plus ~20 s to start and load once
     cap = max(0.1, (p.seconds_left() - 20 - 12 * methods) / methods / 60)
@@ -559,7 +559,8 @@ def measure_search_quality(p: Part) -> None:
               "--methods", "hpo,ray-optuna,optuna-hyperband"] if p.dry
              else ["--full", "--gpus", "0.25", "--cpus", "4", "--fraction", "0.1",
                    "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "40",
-                   "--time-cap", f"{cap:.2f}"])
+                   "--time-cap", f"{cap:.2f}",
+                   "--methods", "hpo,ray-optuna,ray-random,optuna-hyperband"])
     plot = ["--png", png] if (p.run.record.get("machine") or {}).get("matplotlib") else []
     ok = p.run_script("methods", "search_quality.py", *sizes, "--seeds", "1", "--work", work,
                       "--json", out, *plot)

@@ -1,5 +1,5 @@
-"""bench/throughput.py, bench/packing.py, bench/checkpoint.py, bench/ensemble.py and the
-others here run end to end in their --small CPU form.
+"""bench/throughput.py, bench/packing.py, bench/checkpoint.py, bench/ensemble.py,
+bench/search_quality.py and the others here run end to end in their small CPU forms.
 
 Only that they run and print their figures: no timing is asserted, since speed on a shared CI
 machine says nothing about the code. A generated dataset keeps each run to a few seconds.
@@ -71,21 +71,27 @@ def test_checkpoint_small_times_each_starting_points_checkpoint(data, tmp_path):
     assert 0 < net["share_every_epoch"] < 1
 
 
-def test_search_quality_tiny_runs_every_method_on_two_seeds(tmp_path):
-    # that it runs and writes what it promises, not its numbers: 2 seeds of the 4 methods and
-    # one hpo variant, on the tiny space and 300 generated images, 4 epochs per search
-    data = write_parquet_dataset(tmp_path / "data", n_train=300, n_test=60)
-    out, png = tmp_path / "sq.json", tmp_path / "sq.png"
+def search_quality(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
-    methods = "hpo,ray-optuna,ray-random,optuna-hyperband,hpo:random"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "search_quality.py"), "--space",
-         str(REPO / "tests/spaces/tiny.py"), "--data", str(data), "--fraction", "1",
-         "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "4", "--time-cap", "2",
-         "--seeds", "2", "--methods", methods, "--cpus", "2", "--work", str(tmp_path / "work"),
-         "--json", str(out), "--png", str(png)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "search_quality.py"), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_search_quality_tiny_runs_every_kind_of_method_on_two_seeds(tmp_path):
+    # that it runs and writes what it promises, not its numbers: 2 seeds of hpo, two of its
+    # ablations, its sampler on stock Ray Tune and two stock baselines, on the tiny space and
+    # 300 generated images, 4 epochs per search
+    data = write_parquet_dataset(tmp_path / "data", n_train=300, n_test=60)
+    out, png, work = tmp_path / "sq.json", tmp_path / "sq.png", tmp_path / "work"
+    methods = ("hpo,hpo:nopoints,hpo:random,ray-optuna:tpe-multivariate:3,ray-random,"
+               "optuna-hyperband")
+    done = search_quality(
+        "--space", str(REPO / "tests/spaces/tiny.py"), "--data", str(data), "--fraction", "1",
+        "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "4", "--time-cap", "2",
+        "--seeds", "2", "--methods", methods, "--cpus", "2", "--work", str(work),
+        "--json", str(out), "--png", str(png), tmp_path=tmp_path)
     figures = json.loads(out.read_text())
     assert list(figures["methods"]) == methods.split(",")
     for method, f in figures["methods"].items():
@@ -99,14 +105,117 @@ def test_search_quality_tiny_runs_every_method_on_two_seeds(tmp_path):
             assert set(r["wasted"]) == {"infeasible", "duplicate", "diverged", "oom"}
             assert [best for _, best in r["curve"]] == sorted(best for _, best in r["curve"])
         assert len(f["anytime"]["mean"]) == 4
+    # hpo:nopoints searched a copy of the space without its starting point
+    assert "starting_points = {}" in (work / "spaces" / "tiny-nopoints.py").read_text()
+    assert figures["methods"]["hpo"]["runs"][0]["chosen_trial"] is not None
+    # every pair but stock against stock (ray-random, optuna-hyperband), paired by seed
+    pairs = [(c["a"], c["b"]) for c in figures["comparisons"]]
+    names = methods.split(",")
+    assert len(pairs) == 6 * 5 // 2 - 1 and ("ray-random", "optuna-hyperband") not in pairs
+    assert pairs[0] == ("hpo", "hpo:nopoints") and all(
+        names.index(a) < names.index(b) for a, b in pairs)
+    for c in figures["comparisons"]:
+        for key in ("best_val", "test_acc"):
+            x = c[key]
+            runs = {m: {r["seed"]: r[key] for r in figures["methods"][m]["runs"]}
+                    for m in (c["a"], c["b"])}
+            assert x["seeds"] == [0, 1] and x["diffs"] == pytest.approx(
+                [runs[c["a"]][s] - runs[c["b"]][s] for s in (0, 1)]), c
+            lo, hi = x["t_ci"]
+            assert lo <= x["mean"] <= hi and x["wins"] + x["ties"] + x["losses"] == 2
+            assert 0 < x["sign_p"] <= 1 and x["sign_p_min"] >= 0.5  # 2 seeds prove nothing
+        assert c["anytime_mean"]["n"] == 2
     assert png.stat().st_size > 0
-    assert "best val (full budget)" in done.stdout
-    # bench/dimensions.py reads the same searches back: hpo's 4 studies and Ray's 4 experiments
-    dims = subprocess.run([sys.executable, str(REPO / "bench" / "dimensions.py"),
-                           str(tmp_path / "work")], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    assert "best val (full budget)" in done.stdout and "paired by seed" in done.stdout
+    # the rows for BENCHMARKS.md, from the JSON alone
+    rows = search_quality("--rows", str(out), tmp_path=tmp_path).stdout
+    # a row per method, and per compared quantity (best val, test, anytime mean) one per pair
+    assert rows.count("\n| `") == 6 + 3 * len(pairs), rows
+    assert "| `hpo` − `hpo:nopoints` | " in rows and "- `optuna-hyperband`: " in rows
+    # bench/dimensions.py reads the same searches back: hpo's 6 studies and Ray's 4 experiments
+    env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
+    dims = subprocess.run([sys.executable, str(REPO / "bench" / "dimensions.py"), str(work)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert dims.returncode == 0, dims.stdout + dims.stderr
-    assert " in 8 searches" in dims.stdout and "  optimizer " in dims.stdout, dims.stdout
+    assert " in 10 searches" in dims.stdout and "  optimizer " in dims.stdout, dims.stdout
+
+
+def test_search_quality_noreject_runs_the_draws_hpo_rejects(tmp_path):
+    # at 2x2 pixels the tiny space's 2-stage nets cannot be built: hpo rejects those draws
+    # before they become trials; hpo:noreject runs them, and they end "infeasible" at epoch 0
+    data = write_parquet_dataset(tmp_path / "data", n_train=200, n_test=40)
+    space = tmp_path / "tiny2.py"
+    space.write_text((REPO / "tests/spaces/tiny.py").read_text() + "\nimage_size = 2\n")
+    out = tmp_path / "sq.json"
+    search_quality("--space", str(space), "--data", str(data), "--fraction", "1",
+                   "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "4",
+                   "--time-cap", "2", "--seeds", "1", "--methods", "hpo,hpo:noreject",
+                   "--cpus", "2", "--work", str(tmp_path / "work"), "--json", str(out),
+                   tmp_path=tmp_path)
+    methods = json.loads(out.read_text())["methods"]
+    hpo, noreject = methods["hpo"]["runs"][0], methods["hpo:noreject"]["runs"][0]
+    assert hpo["rejected"] > 0 and hpo["wasted"]["infeasible"] == 0, hpo
+    assert noreject["rejected"] == 0 and noreject["wasted"]["infeasible"] > 0, noreject
+
+
+def test_search_quality_digits_writes_a_class_folder_and_the_imagefolder_space(tmp_path):
+    # scikit-learn's digits as a user's folder of class folders, searched with
+    # spaces/imagefolder.py as shipped but for image_size and channels; a tiny budget
+    work, out = tmp_path / "work", tmp_path / "sq.json"
+    done = search_quality("--dataset", "digits", "--fraction", "0.2", "--max-epochs", "1",
+                          "--grace-period", "1", "--epoch-budget", "2", "--time-cap", "2",
+                          "--seeds", "1", "--methods", "hpo,optuna-hyperband", "--cpus", "2",
+                          "--work", str(work), "--json", str(out), tmp_path=tmp_path)
+    folder = work / "data" / "digits"
+    assert sorted(int(d.name) for d in (folder / "train").iterdir()) == list(range(10))
+    assert sum(1 for _ in (folder / "test").rglob("*.png")) == 360  # a fifth of 1,797
+    assert sum(1 for _ in (folder / "train").rglob("*.png")) == 1797 - 360
+    space = (work / "spaces" / "imagefolder-digits.py").read_text().splitlines()
+    shipped = (REPO / "spaces" / "imagefolder.py").read_text().splitlines()
+    changed = [b for a, b in zip(shipped, space) if a != b]
+    assert len(space) == len(shipped) and [c.split(" = ")[0] for c in changed] == [
+        "image_size", "channels"], changed
+    figures = json.loads(out.read_text())
+    s = figures["settings"]
+    assert s["dataset"] == "digits" and s["test_images"] == 360 and s["starting_points"] == []
+    for f in figures["methods"].values():
+        assert f["runs"][0]["test_acc"] is not None
+    assert [(c["a"], c["b"]) for c in figures["comparisons"]] == [("hpo", "optuna-hyperband")]
+    assert done.stdout.startswith("imagefolder-digits on digits: "), done.stdout
+
+
+def test_paired_statistics_against_known_values():
+    sys.path.insert(0, str(REPO / "bench"))
+    from paired import paired, sign_test, t_quantile
+
+    # Student t quantiles as tables give them
+    for df, t in ((1, 12.7062), (4, 2.7764), (5, 2.5706), (30, 2.0423)):
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    assert sign_test([1, 2, 3, 4, 5]) == {"wins": 5, "ties": 0, "losses": 0,
+                                          "sign_p": 0.0625, "sign_p_min": 0.0625}
+    assert sign_test([1, 0, -1, 2, 3, 4])["sign_p"] == pytest.approx(2 * 6 / 32)
+    x = paired({0: 0.5, 1: 0.6, 2: 0.55, 3: None}, {0: 0.4, 1: 0.6, 2: 0.5, 3: 0.3, 4: 0.1})
+    assert x["seeds"] == [0, 1, 2] and x["diffs"] == pytest.approx([0.1, 0.0, 0.05])
+    assert x["mean"] == pytest.approx(0.05)
+    lo, hi = x["t_ci"]  # 0.05 ± 4.3027 * 0.05 / sqrt(3)
+    assert (lo, hi) == pytest.approx((0.05 - 0.124208, 0.05 + 0.124208), abs=1e-5)
+    blo, bhi = x["bootstrap_ci"]
+    assert 0.0 <= blo <= x["mean"] <= bhi <= 0.1
+
+
+def test_search_quality_method_names():
+    sys.path.insert(0, str(REPO / "bench"))
+    from search_quality import parse_method
+
+    m = parse_method("hpo:tpe-multivariate:3:nopoints:noreject")
+    assert (m.base, m.sampler, m.startup, m.points, m.reject) == (
+        "hpo", "tpe-multivariate", 3, False, False)
+    assert parse_method("ray-optuna:tpe:5").sampler == "tpe" and parse_method("ray-optuna").stock
+    assert not parse_method("hpo:noreject").stock
+    for bad in ("hpo:3", "ray-random:tpe", "ray-optuna:nopoints", "hpo:nopoints:nopoints",
+                "grid"):
+        with pytest.raises(ValueError, match="unknown method"):
+            parse_method(bad)
 
 
 def test_predict_small_times_the_engine_and_the_torch_loop(tmp_path):
