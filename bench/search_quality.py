@@ -46,9 +46,10 @@ budget; the config of the best trial retrained once (seed 0) on train + validati
 max_epochs and tested; trials run, trials wasted (infeasible, duplicate, diverged, out of
 memory), draws rejected, and wall time. Then, per pair of methods (--compare; default every
 pair but stock against stock), paired by seed: the per-seed differences of best validation
-accuracy, of test accuracy and of the anytime curve's mean over the budget, each with its mean,
-a 95% Student-t interval, a percentile bootstrap and an exact sign test (bench/paired.py). With n seeds the sign test's smallest p is 2/2^n: 0.0625
-for 5 seeds, 0.031 for 6, hence 6 seeds below. A search already in <work>/runs/ is read back,
+accuracy, of test accuracy and of the anytime curve's mean over the budget, each with its
+mean, a 95% Student-t interval, a percentile bootstrap and an exact sign test
+(bench/paired.py). With n seeds the sign test's smallest p is 2/2^n: 0.0625 for 5 seeds,
+0.031 for 6, hence 6 seeds below. A search already in <work>/runs/ is read back,
 not run again: the same command continues after a stop, and more --seeds add seeds.
 
 The measurement runs, CPU, one per dataset (2 cores; the wall time is measured seconds per

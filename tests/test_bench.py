@@ -138,6 +138,27 @@ def test_search_quality_tiny_runs_every_kind_of_method_on_two_seeds(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert dims.returncode == 0, dims.stdout + dims.stderr
     assert " in 10 searches" in dims.stdout and "  optimizer " in dims.stdout, dims.stdout
+    # bench/selection.py reruns each hpo study's top 2 completed configs with one more seed
+    sel = tmp_path / "selection.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "selection.py"), "--dataset", "cifar10",
+         "--space", str(REPO / "tests/spaces/tiny.py"), "--data", str(data), "--fraction", "1",
+         "--max-epochs", "2", "--grace-period", "1", "--work", str(work), "--k", "2",
+         "--seeds", "1", "--test-seeds", "1", "--json", str(sel)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads(sel.read_text())
+    assert found["of"] == len(found["studies"]) >= 1 and "studies" in done.stdout
+    for s in found["studies"]:
+        assert s["study"].startswith("hpo-seed") and 1 <= len(s["runs"]) <= 2
+        assert all(len(v) == 2 and all(0 <= x <= 1 for x in v) for v in s["runs"].values())
+        means = {int(n): sum(v) / 2 for n, v in s["runs"].items()}
+        assert means[s["chosen"]] == max(means.values()) == pytest.approx(s["chosen_mean"])
+        assert s["differs"] == (s["chosen"] != s["single"])
+        if s["differs"]:
+            assert s["gain"] == pytest.approx(s["chosen_test"] - s["single_test"])
+        else:
+            assert s["gain"] == 0
 
 
 def test_search_quality_noreject_runs_the_draws_hpo_rejects(tmp_path):
