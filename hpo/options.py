@@ -29,7 +29,9 @@ from hpo.values import COUNT, FRACTION, WHOLE, Allowed, Name, OneOf, Range
 
 IDENTITY, STICKY, RUN = "identity", "sticky", "run"
 ENSEMBLE_OF = ("configs", "seeds")  # what an ensemble's members differ in
-ENSEMBLE_OF_DEFAULT = "configs"  # until bench/ensemble.py has measured which is better
+# bench/ensemble.py on one small CIFAR-10 study: seeds 1.0 point better in 3 of 3 repeats
+# (BENCHMARKS.md), too little to move the default on
+ENSEMBLE_OF_DEFAULT = "configs"
 CHECKPOINT_EVERY_S = 120.0  # the costliest checkpoint measured: ~1% of this; BENCHMARKS.md
 
 
