@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import statistics
 import sys
@@ -35,7 +36,8 @@ from search_quality import DATASETS, SMALL, dataset_paths  # noqa: E402
 from hpo.data import load_dataset  # noqa: E402
 from hpo.plan import apply_budget  # noqa: E402
 from hpo.record import Record  # noqa: E402
-from hpo.registry import sign  # noqa: E402
+from hpo.registry import best_of  # noqa: E402
+from hpo.selection import pending  # noqa: E402
 from hpo.space import load_space  # noqa: E402
 from hpo.status import FINISHED, Status  # noqa: E402
 
@@ -48,11 +50,11 @@ def best_value(config: dict, data, metric: str, mode: str) -> float | None:
 
     def report(metrics, model=None, state=None):
         value = metrics.get(metric)
-        if isinstance(value, (int, float)) and value == value:
+        if isinstance(value, (int, float)) and math.isfinite(value):
             seen.append(value)
 
     run_trial(config, data, report)
-    return (max if mode == "max" else min)(seen) if seen else None
+    return best_of(seen, mode)
 
 
 def study_figures(folder: Path, data, space, k: int, seeds: int, test_seeds: int,
@@ -64,29 +66,27 @@ def study_figures(folder: Path, data, space, k: int, seeds: int, test_seeds: int
     metric, mode = space.metric, space.mode
     record = Record.load(f"sqlite:///{(folder / 'study.db').resolve()}", folder.name)
     single = record.top(metric, mode, FINISHED, 1)
-    candidates = record.top(metric, mode, {Status.COMPLETED}, k)
-    if not single or not candidates:
+    if not single or not record.top(metric, mode, {Status.COMPLETED}, 1):
         print(f"  {folder.name}: no completed trial, left out", flush=True)
         return None
     single = single[0]
-    runs = {}
-    for t in candidates:
-        own = t.config.get("seed", 0)
-        values = [t.best(metric, mode)[0]]
-        for j in range(1, seeds + 1):
-            config = {**t.config, "seed": own + j, "epochs": space.max_epochs}
-            value = best_value(config, data.without_test(), metric, mode)
-            if value is not None:
-                values.append(value)
-        runs[t.number] = values
-        print(f"  {folder.name} trial {t.number}: {metric} runs "
+    # the selection's own choice of reruns and of the winner (hpo.selection, Record.best),
+    # its runs kept in memory: the study on disk is not changed
+    for number, seed in pending(record, metric, mode, k, seeds):
+        t = record.trials[number]
+        value = best_value({**t.config, "seed": seed, "epochs": space.max_epochs},
+                           data.without_test(), metric, mode)
+        t.reruns.append({"seed": seed, "value": value})
+    runs = {t.number: t.runs(metric, mode) for t in record.real() if t.reruns}
+    for number, values in runs.items():
+        print(f"  {folder.name} trial {number}: {metric} runs "
               f"{', '.join(f'{v:.4f}' for v in values)}", flush=True)
-    chosen = max(candidates, key=lambda t: (sign(mode) * statistics.fmean(runs[t.number]),
-                                           -t.number))
+    chosen = record.best(metric, mode)
     out = {"study": folder.name, "trials": len(record.real()), "single": single.number,
            "single_value": single.best(metric, mode)[0], "chosen": chosen.number,
-           "chosen_mean": statistics.fmean(runs[chosen.number]),
-           "runs": {str(n): v for n, v in runs.items()}, "differs": chosen is not single}
+           "chosen_mean": chosen.mean(metric, mode)[0],
+           "runs": {str(n): v for n, v in runs.items()},
+           "differs": chosen.number != single.number}
     if out["differs"]:
         tests = {}
         for name, t in (("single", single), ("chosen", chosen)):
