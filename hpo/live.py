@@ -63,16 +63,21 @@ class Progress:
     besides its first and last), with no control codes.
 
     The time left is estimated from measured epoch and start-up times and ASHA's rungs
-    (`rungs`: the epochs below `max_epochs` where ASHA keeps the top 1/`reduction_factor`):
-    see `time_left`. `clock` is time.time; a test passes its own.
+    (`rungs`: the epochs below `max_epochs` where ASHA keeps the top 1/`reduction_factor`),
+    and never goes past a budget that ends the run first: `epoch_budget` epochs reported in
+    all, `time_budget` seconds from the start: see `time_left`. `clock` is time.time; a test
+    passes its own.
     """
 
     def __init__(self, console: Console, study: str, trials: int, metric: str,
                  mode: str = "max", *, max_epochs: int | None = None,
                  rungs: Sequence[int] = (), reduction_factor: float = 3.0,
-                 concurrency: int | None = None, refresh_per_second: float = 4,
+                 concurrency: int | None = None, epoch_budget: int | None = None,
+                 time_budget: float | None = None, refresh_per_second: float = 4,
                  plain_every_s: float = 10.0, clock: Callable[[], float] = time.time):
         self.console, self.study, self.trials, self.metric = console, study, trials, metric
+        self.epoch_budget, self.time_budget = epoch_budget, time_budget
+        self.epochs_reported = 0  # in this run, as the driver's budget counts them
         self.mode, self.max_epochs, self.rungs = mode, max_epochs, tuple(rungs)
         self.reduction_factor, self.concurrency = reduction_factor, concurrency
         self.plain_every_s, self.clock = plain_every_s, clock
@@ -84,6 +89,7 @@ class Progress:
         self.best: tuple[float, str, str] | None = None  # value, trial id, point name
         self.most_running = 0  # trials seen running at once: the concurrency, if not given
         self._anchor: tuple[float, float, float] | None = None  # the last estimate made
+        self._bound = ""  # the budget that ends the run before its trials do, if one does
         self._summary_due = False  # a trial ended: the plain study line goes out next
         self._lock = threading.Lock()  # events arrive on the driver's thread, redraws on rich's
         self.live: Live | _CellView | None = None
@@ -124,6 +130,7 @@ class Progress:
             trial.epochs = metrics.get("epochs") or trial.epochs
             if epoch <= 0:
                 return
+            self.epochs_reported += 1
             spent = _epoch_seconds(metrics)
             if spent is not None:
                 if trial.startup_s is None and epoch == 1:
@@ -233,7 +240,8 @@ class Progress:
         same from epoch 0 at the mean epoch time, plus the mean start-up. Trials run as many
         at once as `concurrency` (else the most seen running at once) allows (`makespan`).
         Trials that end early (infeasible, diverged) and ASHA's early promotions are not
-        foreseen.
+        foreseen. A budget that ends the run sooner bounds it: the epochs left of
+        `epoch_budget` at the mean epoch time on every slot, the seconds left of `time_budget`.
         """
         epochs = [s for t in (*self.running.values(), *self.finished) for s in t.epoch_s]
         if not epochs:
@@ -253,7 +261,16 @@ class Progress:
         waiting = max(0, self.trials - self._finished_count() - len(self.running))
         new_trial = startup_s + self._expected(0, self.max_epochs) * epoch_s
         slots = max(1, self.concurrency or self.most_running, len(running))
-        return makespan(running, [new_trial] * waiting, slots), epoch_s, now
+        left, self._bound = makespan(running, [new_trial] * waiting, slots), ""
+        if self.epoch_budget:
+            by_epochs = max(0, self.epoch_budget - self.epochs_reported) * epoch_s / slots
+            if by_epochs < left:
+                left, self._bound = by_epochs, "the epoch budget"
+        if self.time_budget:
+            by_time = max(0.0, self.t0 + self.time_budget - now)
+            if by_time < left:
+                left, self._bound = by_time, "the time budget"
+        return left, epoch_s, now
 
     def _reestimate(self) -> None:
         with self._lock:
@@ -333,6 +350,13 @@ class Progress:
         left, epoch_s = found
         rungs = (f"ASHA's rungs at {', '.join(map(str, self.rungs))} of {self.max_epochs} "
                  "epochs" if self.rungs else "no ASHA rungs")
+        if self._bound == "the time budget":
+            return Text(f"time left ≈ {fmt.duration(left)} (the time budget ends the search "
+                        "before its trials do)")
+        if self._bound:
+            return Text(f"time left ≈ {fmt.duration(left)} (the epoch budget: "
+                        f"{max(0, self.epoch_budget - self.epochs_reported)} epochs left at "
+                        f"{epoch_s:.1f} s/epoch)")
         return Text(f"time left ≈ {fmt.duration(left)} (estimate from {epoch_s:.1f} s/epoch "
                     f"and {rungs})")
 

@@ -32,11 +32,11 @@ def epoch(e: int, value: float, end: float, seconds: float = 2.0, speed: float =
             "t_start": end - seconds, "t_end": end, "status": "running"}
 
 
-def scenario(console: Console, clock: Clock) -> Progress:
+def scenario(console: Console, clock: Clock, **budgets) -> Progress:
     """8 trials, ASHA rungs at 1 and 2 of 4 epochs keeping half: one trial stopped after
     its first epoch, one infeasible, one running at epoch 2, five not started."""
     progress = Progress(console, "tiny", 8, "val_acc", "max", max_epochs=4, rungs=[1, 2],
-                        reduction_factor=2, clock=clock)
+                        reduction_factor=2, clock=clock, **budgets)
     progress.trial_started("0", "too-slow", 4)
     progress.trial_started("1", "", 4)
     clock.now += 3  # 1 s of start-up, then a 2 s epoch
@@ -106,6 +106,23 @@ def test_time_left_from_measured_epochs_and_asha_rungs():
     left, epoch_s = progress.time_left()
     assert epoch_s == 4.0 and left > 5.0
     assert Progress(Console(file=StringIO()), "s", 4, "val_acc").time_left() is None
+
+
+def test_time_left_ends_where_a_budget_ends_the_search():
+    # the scenario's trials need 14 s more (above); 3 epochs were reported by 1005 (2 s
+    # each, two slots)
+    clock = Clock()
+    progress = scenario(Console(file=StringIO()), clock, epoch_budget=6)
+    assert progress.time_left() == (2.0, 2.0)  # 3 epochs left on 2 slots: 3 s, 1 s ago
+    assert "the epoch budget: 3 epochs left at 2.0 s/epoch" in "\n".join(frame(progress, 100))
+    clock = Clock()
+    progress = scenario(Console(file=StringIO()), clock, time_budget=10.0)
+    assert progress.time_left() == (4.0, 2.0)  # began at 1000, estimated at 1005, now 1006
+    assert "the time budget ends the search" in "\n".join(frame(progress, 100))
+    clock = Clock()  # a budget the trials end before changes nothing
+    progress = scenario(Console(file=StringIO()), clock, epoch_budget=100, time_budget=60.0)
+    assert progress.time_left() == (14.0, 2.0)
+    assert "ASHA's rungs at 1, 2 of 4 epochs" in "\n".join(frame(progress, 100))
 
 
 def test_time_left_never_counts_up_and_is_right_within_a_factor_of_two():

@@ -169,7 +169,8 @@ def _run(plan: Plan, record: Record, data: Dataset, budget: int, console: Consol
                              feasibility(data, packer, cluster, concurrency))
     progress = Progress(console, folder.name, space.trials, space.metric, space.mode,
                         max_epochs=space.max_epochs, rungs=space.rungs(),
-                        reduction_factor=space.reduction_factor, concurrency=concurrency)
+                        reduction_factor=space.reduction_factor, concurrency=concurrency,
+                        epoch_budget=options.epoch_budget, time_budget=options.time_budget)
     callback = StudyCallback(folder, record, searcher, progress, packer, ray_start_s=t_ray,
                              keep_checkpoints=options.keep_checkpoints)
     history = {t.number: {e["epoch"]: e.get(space.metric) for e in t.epochs}
