@@ -19,6 +19,11 @@ Methods (--methods, comma-separated; the defaults depend on --dataset):
                         nopoints         a copy of the space file without starting_points
                         noreject         no draw rejected: every draw becomes a trial, as on
                                          stock Ray Tune (the infeasible ones end at epoch 0)
+                        warm             --warm-start from an hpo study of the same seed on a
+                                         quarter of the data and half the epoch budget (each
+                                         epoch a quarter the cost), run first; the curve
+                                         counts the new search's epochs, the earlier study's
+                                         are reported apart (the run's "source")
                       hpo:nopoints:noreject is hpo's sampler and ASHA alone
     ray-optuna        Ray Tune's stock OptunaSearch (Optuna's default TPE) + ASHAScheduler
     ray-optuna:<sampler>[:<n>]
@@ -117,6 +122,8 @@ SMALL = {
                    time_cap=40.0),
 }
 # The full size on a GPU: all of the data, the space's own epochs, ~64 trials' worth
+# A tenth of the digits would leave 21 validation images to rank the earlier study's trials by
+WARM_FRACTION, WARM_BUDGET = 0.25, 0.5
 FULL = dict(fraction=1.0, max_epochs=None, grace_period=None, epoch_budget=400, time_cap=60.0)
 
 
@@ -130,6 +137,7 @@ class Method:
     startup: int | None = None
     points: bool = True  # hpo: the space's starting points first
     reject: bool = True  # hpo: infeasible draws rejected before they become trials
+    warm: bool = False  # hpo: --warm-start from a study on WARM_FRACTION of the data
 
     @property
     def stock(self) -> bool:
@@ -157,6 +165,8 @@ def parse_method(name: str) -> Method:
             kw["points"] = False
         elif base == "hpo" and token == "noreject" and "reject" not in kw:
             kw["reject"] = False
+        elif base == "hpo" and token == "warm" and "warm" not in kw:
+            kw["warm"] = True
         else:
             raise ValueError(_grammar(name))
         i += 1
@@ -165,7 +175,7 @@ def parse_method(name: str) -> Method:
 
 def _grammar(name: str) -> str:
     return (f"unknown method {name!r}: one of {', '.join(BASELINES)}, "
-            f"ray-optuna:<sampler>[:<n>], or hpo[:<sampler>[:<n>]][:nopoints][:noreject], "
+            f"ray-optuna:<sampler>[:<n>], or hpo[:<sampler>[:<n>]][:nopoints][:noreject][:warm], "
             f"with a sampler in {', '.join(SAMPLERS)} and n start-up trials")
 
 
@@ -181,6 +191,7 @@ class Run:
     wall_s: float
     t0: float  # when the search began: the wall-clock cap counts from here
     rejected: int = 0  # draws refused before they became trials (hpo only)
+    source: dict | None = None  # hpo:warm: what the study it started from cost
     duplicates: int = 0  # trials that repeat an earlier trial's config
 
     def within(self, seconds: float) -> Run:
@@ -363,7 +374,7 @@ def variant_space(method: Method, source: Path, work: Path) -> Path:
         lines.append("starting_points = {}  # hpo:nopoints")
     if not lines:
         return source
-    tag = "-".join(t for t in method.name.split(":")[1:] if t != "noreject")
+    tag = "-".join(t for t in method.name.split(":")[1:] if t not in ("noreject", "warm"))
     path = work / "spaces" / f"{source.stem}-{tag}.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source.read_text() + "\n# bench/search_quality.py " + method.name + "\n"
@@ -402,14 +413,28 @@ def search_hpo(method: Method, seed: int, space: Space, args, work: Path,
         # the selection's reruns would train outside the epoch budget the baselines get;
         # the search alone is compared, its best by one run's value as theirs is
         select=0)
+    import pandas as pd
     from rich.console import Console
 
+    source = None
+    if method.warm:
+        t0 = time.time()
+        earlier = dataclasses.replace(
+            options, name=f"{name}-source", fraction=args.fraction * WARM_FRACTION,
+            epoch_budget=int(budget["epochs"] * WARM_BUDGET))
+        with open(work / f"{name}-source.log", "w") as log, (
+                no_rejection() if not method.reject else contextlib.nullcontext()):
+            earlier_folder = run_study(path, earlier, console=Console(file=log, width=120))
+        spent = pd.read_csv(earlier_folder / "epochs.csv")
+        source = {"fraction": earlier.fraction, "epochs": int((spent.epoch >= 1).sum()),
+                  "trials": len(pd.read_csv(earlier_folder / "leaderboard.csv")),
+                  "wall_s": round(time.time() - t0, 1)}
+        options = dataclasses.replace(options, warm_start=str(earlier_folder))
     t0 = time.time()
     with open(work / f"{name}.log", "w") as log, (
             no_rejection() if not method.reject else contextlib.nullcontext()):
         folder = run_study(path, options, console=Console(file=log, width=120))
     wall = time.time() - t0
-    import pandas as pd
 
     epochs = pd.read_csv(folder / "epochs.csv")
     board = pd.read_csv(folder / "leaderboard.csv")
@@ -421,7 +446,7 @@ def search_hpo(method: Method, seed: int, space: Space, args, work: Path,
                {str(r.trial_id): r.status for r in board.itertuples()}, wall, t0,
                # a repeated draw reuses the earlier result (study.json's "duplicates"):
                # hpo never runs one
-               rejected=meta.get("rejected", 0), duplicates=0)
+               rejected=meta.get("rejected", 0), duplicates=0, source=source)
 
 
 class _Budget:
@@ -639,7 +664,7 @@ def summarise(run: Run, space: Space, data: Dataset, work: Path,
     return {"seed": run.seed, "best_val": best_val, "test_acc": test_acc,
             "trials": len(run.configs), "wasted": run.wasted(), "rejected": run.rejected,
             "epochs_spent": len(curve), "wall_s": round(run.wall_s, 1), "curve": curve,
-            "chosen_trial": trial}
+            "chosen_trial": trial, **({"source": run.source} if run.source else {})}
 
 
 def _at(curve: list, epochs: int) -> float:

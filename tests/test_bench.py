@@ -224,6 +224,29 @@ def test_paired_statistics_against_known_values():
     assert 0.0 <= blo <= x["mean"] <= bhi <= 0.1
 
 
+def test_search_quality_warm_starts_from_a_study_on_a_quarter_of_the_data(tmp_path):
+    # hpo:warm runs hpo on a quarter of the data first, then the measured search with
+    # --warm-start from it: the earlier study's trials reach the new one's sampler, and its
+    # cost is reported apart from the new search's curve. Half the budget (6 epochs) lets the
+    # earlier study finish trials (those the budget cuts short are not carried). The epoch
+    # budget ends each study; the 10-minute cap only keeps a loaded machine from ending one
+    # before its first epoch
+    data = write_parquet_dataset(tmp_path / "data", n_train=300, n_test=60)
+    work = tmp_path / "work"
+    search_quality(
+        "--space", str(REPO / "tests/spaces/tiny.py"), "--data", str(data), "--fraction", "1",
+        "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "12", "--time-cap", "10",
+        "--seeds", "1", "--methods", "hpo:warm", "--cpus", "2", "--work", str(work),
+        tmp_path=tmp_path)
+    run = json.loads((work / "runs" / "hpo-warm-seed0.json").read_text())
+    source = run["source"]
+    assert source["fraction"] == 0.25 and 1 <= source["epochs"] <= 6 + 2, source
+    assert 1 <= run["epochs_spent"] <= 12 + 2 and run["curve"][0][0] == 1, run
+    meta = json.loads((work / "hpo" / "hpo-warm-seed0" / "study.json").read_text())
+    warm = meta["warm_start"]
+    assert warm["study"].endswith("hpo-warm-seed0-source") and warm["trials"] >= 1, meta
+
+
 def test_search_quality_method_names():
     sys.path.insert(0, str(REPO / "bench"))
     from search_quality import parse_method
@@ -233,7 +256,9 @@ def test_search_quality_method_names():
         "hpo", "tpe-multivariate", 3, False, False)
     assert parse_method("ray-optuna:tpe:5").sampler == "tpe" and parse_method("ray-optuna").stock
     assert not parse_method("hpo:noreject").stock
+    assert parse_method("hpo:nopoints:warm").warm and not parse_method("hpo").warm
     for bad in ("hpo:3", "ray-random:tpe", "ray-optuna:nopoints", "hpo:nopoints:nopoints",
+                "ray-optuna:warm", "hpo:warm:warm",
                 "grid"):
         with pytest.raises(ValueError, match="unknown method"):
             parse_method(bad)
