@@ -55,3 +55,42 @@ dimensions = {
     "epochs": max_epochs,
     "seed": 0,
 }
+
+# Three well-known small recipes, written in this space's own values and scaled to the image
+# size (every stage it can take; random crops only from 32 px up, where 4 px is a small shift),
+# evaluated first so that the search starts from what usually works and has to beat it. They
+# are general practice, not tuned on any dataset hpo is benchmarked on: conv-BN-ReLU
+# throughout (bn="before"), no flips (a user's images may not be mirror-symmetric: digits,
+# text), no dropout in the first trials.
+_crop = 4 if image_size >= 32 else 0
+_each_stage = lambda value: {f"{k}_{s}": value[k] for k in value for s in range(1, 6)}  # noqa: E731
+starting_points = {
+    # a ResNet-style net (two 3x3 convs per stage, a skip around them, widths doubling) with
+    # the usual SGD recipe: Nesterov momentum 0.9, lr 0.1 per 256 images scaled linearly to
+    # the batch, one-cycle, weight decay 5e-4, label smoothing 0.1
+    "resnet-sgd": dict(
+        stages=max_stages, **_each_stage(dict(convs=2, dropout=0.0)), width=32, growth=2.0,
+        kernel=3, pool="max", activation="relu", bn="before", residual=True, dense_layers=0,
+        optimizer="sgd", lr=0.025, momentum=0.9, weight_decay=5e-4, label_smoothing=0.1,
+        batch_size=64, schedule="onecycle", warmup_epochs=0, aug_flip=False, aug_crop=_crop,
+        aug_rotate=0.0, aug_zoom=0.0, aug_brightness=0.0, aug_contrast=0.0,
+    ),
+    # a plain VGG-style net (one conv per stage) with AdamW at lr 1e-3 and a cosine decay:
+    # the recipe that trains almost anything without tuning the learning rate
+    "plain-adamw": dict(
+        stages=max_stages, **_each_stage(dict(convs=1, dropout=0.0)), width=32, growth=2.0,
+        kernel=3, pool="max", activation="relu", bn="before", residual=False, dense_layers=0,
+        optimizer="adamw", lr=1e-3, weight_decay=5e-4, label_smoothing=0.0, batch_size=64,
+        schedule="cosine", warmup_epochs=0, aug_flip=False, aug_crop=_crop, aug_rotate=0.0,
+        aug_zoom=0.0, aug_brightness=0.0, aug_contrast=0.0,
+    ),
+    # the same small and shallow with more, smaller steps: what a small dataset or a short
+    # budget wants
+    "small-adamw": dict(
+        stages=min(3, max_stages), **_each_stage(dict(convs=1, dropout=0.0)), width=16,
+        growth=2.0, kernel=3, pool="max", activation="relu", bn="before", residual=False,
+        dense_layers=0, optimizer="adamw", lr=3e-3, weight_decay=5e-4, label_smoothing=0.0,
+        batch_size=32, schedule="onecycle", warmup_epochs=0, aug_flip=False, aug_crop=0,
+        aug_rotate=0.0, aug_zoom=0.0, aug_brightness=0.0, aug_contrast=0.0,
+    ),
+}
