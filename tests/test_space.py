@@ -102,6 +102,28 @@ def test_a_starting_point_is_recorded_in_optuna_with_its_own_values():
     assert "momentum" not in params and "dense_1" in params
 
 
+@pytest.mark.parametrize("size", [16, 28, 64])
+def test_imagefolder_points_lie_inside_its_space_at_every_image_size(size, tmp_path):
+    # the recipes are written in the space's own values and scaled to the image size: TPE
+    # is told each of them whole (no value outside a range dropped), and sampling the
+    # enqueued values gives the point back
+    import optuna
+
+    source = (ROOT / "spaces/imagefolder.py").read_text()
+    path = tmp_path / "imagefolder.py"
+    path.write_text(source.replace("image_size = 64", f"image_size = {size}", 1))
+    space = load_space(path)
+    assert space.image_size == size and len(space.starting_points) == 3
+    for name in space.starting_points:
+        point = space.point(name)
+        applies = {k for k, d in space.searched().items() if d.when is None or d.when(point)}
+        assert set(space.point_params(name)) == applies, name
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        space.enqueue(study, point)
+        assert space.sample(study.ask()) == point
+        assert point["stages"] <= min(5, size.bit_length() - 1) and point["aug_flip"] is False
+
+
 def test_rungs_are_ashas_below_max_epochs():
     import dataclasses
 
