@@ -184,7 +184,7 @@ def test_search_quality_digits_writes_a_class_folder_and_the_imagefolder_space(t
     # spaces/imagefolder.py as shipped but for image_size and channels; a tiny budget
     work, out = tmp_path / "work", tmp_path / "sq.json"
     done = search_quality("--dataset", "digits", "--fraction", "0.2", "--max-epochs", "1",
-                          "--grace-period", "1", "--epoch-budget", "2", "--time-cap", "2",
+                          "--grace-period", "1", "--epoch-budget", "2", "--time-cap", "10",
                           "--seeds", "1", "--methods", "hpo,optuna-hyperband", "--cpus", "2",
                           "--work", str(work), "--json", str(out), tmp_path=tmp_path)
     folder = work / "data" / "digits"
@@ -198,7 +198,8 @@ def test_search_quality_digits_writes_a_class_folder_and_the_imagefolder_space(t
         "image_size", "channels"], changed
     figures = json.loads(out.read_text())
     s = figures["settings"]
-    assert s["dataset"] == "digits" and s["test_images"] == 360 and s["starting_points"] == []
+    assert s["dataset"] == "digits" and s["test_images"] == 360
+    assert s["starting_points"] == ["resnet-sgd", "plain-adamw", "small-adamw"]
     for f in figures["methods"].values():
         assert f["runs"][0]["test_acc"] is not None
     assert [(c["a"], c["b"]) for c in figures["comparisons"]] == [("hpo", "optuna-hyperband")]
