@@ -21,6 +21,9 @@ max_epochs = 20
 grace_period = 2
 reduction_factor = 3
 val_fraction = 0.15  # small datasets want a larger validation split for a stable choice
+# The sampler is hpo's default: univariate TPE, 10 random start-up draws after the starting
+# points. On the digits the CIFAR-10 space's multivariate TPE with 3 did no better (BENCHMARKS.md,
+# "the sampler alone on the digits"); set `sampler` and `startup_trials` here to change it.
 
 dimensions = {
     "stages": intrange(min(3, max_stages), max_stages),
