@@ -66,7 +66,13 @@ dimensions = {
 # throughout (bn="before"), no flips (a user's images may not be mirror-symmetric: digits,
 # text), no dropout in the first trials.
 _crop = 4 if image_size >= 32 else 0
-_each_stage = lambda value: {f"{k}_{s}": value[k] for k in value for s in range(1, 6)}  # noqa: E731
+
+
+def _each_stage(values: dict) -> dict:
+    """The same per-stage values for stages 1-5 (a stage the net lacks ignores its keys)."""
+    return {f"{k}_{s}": v for k, v in values.items() for s in range(1, 6)}
+
+
 starting_points = {
     # a ResNet-style net (two 3x3 convs per stage, a skip around them, widths doubling) with
     # the usual SGD recipe: Nesterov momentum 0.9, lr 0.1 per 256 images scaled linearly to
