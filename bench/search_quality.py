@@ -55,7 +55,8 @@ accuracy, of test accuracy and of the anytime curve's mean over the budget, each
 mean, a 95% Student-t interval, a percentile bootstrap and an exact sign test
 (bench/paired.py). With n seeds the sign test's smallest p is 2/2^n: 0.0625 for 5 seeds,
 0.031 for 6, hence 6 seeds below. A search already in <work>/runs/ is read back,
-not run again: the same command continues after a stop, and more --seeds add seeds.
+not run again: the same command continues after a stop, and more --seeds add seeds;
+with --done it runs nothing and reports the searches there so far.
 
 The measurement runs, CPU, one per dataset (2 cores; the wall time is measured seconds per
 search times the searches, from the validation runs in BENCHMARKS.md, "Search quality, paired
@@ -253,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
                    "(default: a temporary folder); the same --work continues a run")
     p.add_argument("--json", metavar="PATH", help="also write every figure here as JSON")
     p.add_argument("--png", metavar="PATH", help="draw the anytime curves here")
+    p.add_argument("--done", action="store_true",
+                   help="run no search: report those already in --work, each method over the "
+                        "seeds it has and each pair over the seeds both have (a long run's "
+                        "figures so far)")
     p.add_argument("--rows", metavar="JSON",
                    help="print BENCHMARKS.md's rows of a --json file of this script, and exit")
     args = p.parse_args(argv)
@@ -266,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, key, value)
     names = [m.strip() for m in (args.methods or ",".join(METHODS[args.dataset])).split(",")
              if m.strip()]
+    if args.done and not args.work:
+        p.error("--done reads the searches in --work: give it")
     try:
         methods = [parse_method(m) for m in names]
         pairs = comparisons(names, args.compare)
@@ -298,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
             saved = work / "runs" / f"{method.name.replace(':', '-')}-seed{seed}.json"
             if saved.is_file():  # a rerun with the same --work skips the searches done
                 r = json.loads(saved.read_text())
+            elif args.done:
+                continue
             else:
                 run = search(method, seed, space, args, data, work, budget)
                 r = summarise(run.within(budget["seconds"]), space, data, work, device)
@@ -310,6 +319,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['rejected']}, {r['epochs_spent']} epochs, {r['wall_s']:.0f} s",
                   flush=True)
 
+    if args.done:
+        missing = [m for m, runs in results.items() if not runs]
+        if missing:
+            print(f"no search in {work / 'runs'} yet: {', '.join(missing)}", flush=True)
+        results = {m: runs for m, runs in results.items() if runs}
+        pairs = [(a, b) for a, b in pairs if a in results and b in results]
+        if not results:
+            sys.exit(f"search_quality: nothing to report in {work / 'runs'}")
     figures = {"provenance": provenance(device, load_before),
                "settings": {"dataset": args.dataset, "space": Path(args.space).name,
                             "data": Path(args.data).name, "fraction": args.fraction,
@@ -321,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
                             "sampler": space.sampler, "startup_trials": space.startup_trials,
                             "starting_points": list(space.starting_points),
                             "epoch_budget": args.epoch_budget, "time_cap_min": args.time_cap,
-                            "seeds": args.seeds, "cpus": cpus, "gpus_per_trial": args.gpus},
+                            "seeds": args.seeds, "cpus": cpus, "gpus_per_trial": args.gpus,
+                            **({"seeds_done": {m: [r["seed"] for r in runs]
+                                               for m, runs in results.items()}}
+                               if args.done else {})},
                "methods": {m: aggregate(runs, args.epoch_budget) for m, runs in results.items()}}
     figures["comparisons"] = [compare(results, a, b, args.epoch_budget) for a, b in pairs]
     print_table(figures["methods"])

@@ -32,10 +32,21 @@ def settings(figures: dict) -> str:
             f"{s['reduction_factor']:g}; the space's sampler {s.get('sampler', '-')} "
             f"({s.get('startup_trials', '-')} start-up trials), starting points: {points}; "
             f"budget {s['epoch_budget']} epochs or {s['time_cap_min']:g} min per search; "
-            f"{s['seeds']} seeds; {s['cpus']} CPUs, {s['gpus_per_trial']} GPU per trial. "
+            f"{_seeds(s)}; {s['cpus']} CPUs, {s['gpus_per_trial']} GPU per trial. "
             f"{prov['machine']}, torch {prov['torch']}, {prov['date']}, 1-minute load "
             f"{_num(load[0], 2)} before and {_num(load[1], 2)} after. Command: "
             f"`{prov['command']}`.")
+
+
+def _seeds(s: dict) -> str:
+    """The seeds: all that were asked for, or (a report of a run still under way) those each
+    method has so far."""
+    done = s.get("seeds_done")
+    if not done:
+        return f"{s['seeds']} seeds"
+    return ("searches done so far of " + str(s["seeds"]) + " seeds: " + ", ".join(
+        f"`{m}` {len(seeds)} (seed{'s' if len(seeds) != 1 else ''} "
+        f"{', '.join(map(str, seeds))})" for m, seeds in done.items()))
 
 
 def methods_table(methods: dict) -> list[str]:

@@ -132,6 +132,24 @@ def test_search_quality_tiny_runs_every_kind_of_method_on_two_seeds(tmp_path):
     # a row per method, and per compared quantity (best val, test, anytime mean) one per pair
     assert rows.count("\n| `") == 6 + 3 * len(pairs), rows
     assert "| `hpo` − `hpo:nopoints` | " in rows and "- `optuna-hyperband`: " in rows
+    # --done runs no search: a third seed and a method never run are reported as missing, the
+    # rest over the seeds they have, paired over the seeds both have
+    before = sorted(p.name for p in (work / "runs").iterdir())
+    so_far = tmp_path / "so-far.json"
+    done = search_quality(
+        "--space", str(REPO / "tests/spaces/tiny.py"), "--data", str(data), "--fraction", "1",
+        "--max-epochs", "2", "--grace-period", "1", "--epoch-budget", "4", "--seeds", "3",
+        "--methods", "hpo,hpo:gp,ray-random", "--work", str(work), "--done",
+        "--json", str(so_far), tmp_path=tmp_path)
+    assert sorted(p.name for p in (work / "runs").iterdir()) == before
+    assert "no search in" in done.stdout and "hpo:gp" in done.stdout
+    partial = json.loads(so_far.read_text())
+    assert partial["settings"]["seeds_done"] == {"hpo": [0, 1], "ray-random": [0, 1]}
+    assert [(c["a"], c["b"]) for c in partial["comparisons"]] == [("hpo", "ray-random")]
+    assert partial["comparisons"][0]["best_val"]["seeds"] == [0, 1]
+    assert partial["methods"]["hpo"]["runs"] == figures["methods"]["hpo"]["runs"]
+    rows = search_quality("--rows", str(so_far), tmp_path=tmp_path).stdout
+    assert "searches done so far of 3 seeds: `hpo` 2 (seeds 0, 1)" in rows, rows
     # bench/dimensions.py reads the same searches back: hpo's 6 studies and Ray's 4 experiments
     env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
     dims = subprocess.run([sys.executable, str(REPO / "bench" / "dimensions.py"), str(work)],
