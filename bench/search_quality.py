@@ -68,10 +68,10 @@ by seed: the method"):
         --json sq-cifar10.json --png sq-cifar10.png      # 8 methods x 6 seeds = 48 searches
     python bench/search_quality.py --rows sq-cifar10.json   # BENCHMARKS.md's rows from one
 
-On CIFAR-10 the stock searches are the long pole: at 1% of the data (--fraction 0.01) one
-ray-optuna search took about an hour on the 2-core VM with another search beside it, one of
-hpo's 5 to 30 minutes. The CIFAR-10 run in BENCHMARKS.md is that 1% form, run over more than
-one sitting; --done reports the searches finished so far:
+On CIFAR-10 the stock searches are the long pole: at 1% of the data (--fraction 0.01) a
+ray-optuna search took 12 to 60 minutes on the 2-core VM (the long ones with another search
+beside them), one of hpo's 5 to 30. The CIFAR-10 run in BENCHMARKS.md is that 1% form, run
+over more than one sitting; --done reports the searches finished so far:
 
     python bench/search_quality.py --dataset cifar10 --fraction 0.01 --seeds 5 \\
         --methods hpo,ray-optuna,optuna-hyperband --work sq-c1 [--done] --json sq-c1.json
